@@ -1,0 +1,44 @@
+# Everything a fresh machine needs is installed by these targets themselves; each step is a
+# stamp file, so a second run is quick.
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+NODE    := tests/node/node_modules/.installed
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-fast bench crds sysdeps lint clean
+
+demo: sysdeps $(VENV)
+	$(PY) scripts/demo.py
+
+test: sysdeps $(VENV) $(NODE)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: sysdeps $(VENV)
+	$(PY) bench/transcode.py
+	$(PY) bench/operator.py
+
+crds: $(VENV)
+	.venv/bin/lectern-crds --write
+
+# ffmpeg and redis-server come from Debian; skipped when already on the PATH.
+sysdeps:
+	@missing=""; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(NODE): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf .venv tests/node/node_modules

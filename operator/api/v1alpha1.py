@@ -1,0 +1,123 @@
+"""The `VideoTranscode` API, version v1alpha1: the one place its shape is defined.
+
+The CRD in `crds/` is generated from these models (`lectern-crds`), so the schema the API
+server enforces and the one the operator and intake validate against cannot drift apart.
+Field names are camelCase on the wire, as in every Kubernetes API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "media.lectern.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VideoTranscode"
+PLURAL = "videotranscodes"
+SINGULAR = "videotranscode"
+SHORT_NAMES = ["vt"]
+CATEGORIES = ["lectern"]
+
+# A Lecture id is a MongoDB ObjectId in hex or a plain string id; either way it ends up in
+# object names, labels and Cloudinary public ids, so it is kept to a label-safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+# https only, a host, no whitespace; which hosts are allowed is a deployment setting that
+# the intake and the transcoder enforce (the API server cannot know it).
+HTTPS_URL_PATTERN = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+
+Phase = Literal["Queued", "Running", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = ("Queued", "Running", "Succeeded", "Failed")
+FINAL_PHASES: tuple[str, ...] = ("Succeeded", "Failed")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class OutputSpec(_Model):
+    """One rendition to produce. Only `mp4` exists today; an HLS ladder or thumbnails are
+    new `type` values (and their own optional fields) later, not a breaking change."""
+
+    type: Literal["mp4"] = "mp4"
+    max_height: Annotated[int, Field(ge=144, le=720)] = Field(
+        720, description="Largest short side in pixels (720 means fit within 1280x720 / 720x1280)."
+    )
+
+
+class ResourceOverrides(_Model):
+    """Per-transcode overrides of the chart's defaults, clamped by the operator to its bounds."""
+
+    cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=16)] | None = None
+    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=16)] | None = None
+
+
+class VideoTranscodeSpec(_Model):
+    lecture_id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
+        description="The Lecture document's _id (ObjectId hex or plain string id)."
+    )
+    instructor_id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
+        description="Who gets the notifications (userId on the `notifications` channel)."
+    )
+    raw_video_url: Annotated[str, Field(pattern=HTTPS_URL_PATTERN, max_length=2048)] = Field(
+        description="The raw upload, https on an allowed media host."
+    )
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
+        0, description="Higher runs first when transcodes wait for a slot; ties are first come, first served."
+    )
+    outputs: Annotated[list[OutputSpec], Field(min_length=1, max_length=8)] = Field(
+        default_factory=lambda: [OutputSpec()], description="Renditions to produce."
+    )
+    resources: ResourceOverrides | None = None
+    active_deadline_seconds: Annotated[int, Field(ge=60, le=86400)] | None = Field(
+        None, description="Overrides the chart's deadline for this transcode's Job."
+    )
+
+
+class TranscoderReport(_Model):
+    """What the transcoder pod patches into `status.report` while it runs.
+
+    The transcoder writes only this sub-object (a JSON merge patch on the status subresource),
+    the operator writes everything else; the two never contend for a field."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    stage: Literal["downloading", "probing", "encoding", "uploading", "done", "failed"] | None = None
+    progress: Annotated[int, Field(ge=0, le=100)] = 0
+    pod: str | None = None
+    input_duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    bytes_downloaded: Annotated[int, Field(ge=0)] = 0
+    bytes_uploaded: Annotated[int, Field(ge=0)] = 0
+    cpu_seconds: Annotated[float, Field(ge=0)] = 0.0
+    speed: Annotated[float, Field(ge=0)] | None = Field(None, description="Encode speed, x realtime.")
+    video_url: str | None = None
+    updated_at: datetime | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: datetime | None = None
+
+
+class VideoTranscodeStatus(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Phase | None = None
+    progress: Annotated[int, Field(ge=0, le=100)] = 0
+    attempts: Annotated[int, Field(ge=0)] = 0
+    job_name: str | None = None
+    video_url: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    report: TranscoderReport | None = None

@@ -1,0 +1,101 @@
+"""Real servers the tests start on free loopback ports: `redis-server` and `nx-27017`.
+
+Each is a subprocess owned by the test session (or by one test, for restart scenarios), so a
+test can stop and start it again on the same port to exercise reconnects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class _Server:
+    """A restartable server process on a fixed port."""
+
+    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"lectern-{type(self).__name__.lower()}-"))
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> "_Server":
+        log = open(self.workdir / "server.log", "ab")
+        self.proc = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RedisServer(_Server):
+    """redis-server without persistence: a restart loses pub/sub subscribers and, unless
+    `appendonly` is on, data; tests that restart it to check reconnects keep AOF on."""
+
+    def __init__(self, *a, appendonly: bool = True, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.appendonly = appendonly
+
+    def argv(self) -> list[str]:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        return [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class MongoServer(_Server):
+    """nx-27017, a MongoDB wire-protocol server on SQLite, reached with the real pymongo."""
+
+    def argv(self) -> list[str]:
+        exe = Path(sys.executable).with_name("nx-27017")
+        return [str(exe), "--host", "127.0.0.1", "-p", str(self.port), "--db", str(self.workdir / "mongo.db"),
+                "--log-file", str(self.workdir / "nx.log"), "--pid-file", str(self.workdir / "nx.pid")]
+
+    @property
+    def url(self) -> str:
+        return os.environ.get("MONGO_URL") or f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
