@@ -26,3 +26,7 @@ def mongo_server():
         return
     with MongoServer() as server:
         yield server
+
+# Fixtures of the stand-ins for a Kubernetes API server (+ a local kubelet/job controller) and
+# for Cloudinary live beside them.
+pytest_plugins = ["tests.standins.kube_fixtures", "tests.standins.cloudinary_fixtures"]

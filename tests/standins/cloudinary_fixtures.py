@@ -1,0 +1,1 @@
+"""Fixtures for the Cloudinary emulator (filled in by the emulator work)."""
