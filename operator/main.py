@@ -1,2 +1,70 @@
-def main():
-    pass
+"""`lectern-operator`: the kopf operator for VideoTranscodes.
+
+Runs kopf with the handlers of `lectern_operator.handlers`, namespaced (LECTERN_NAMESPACES),
+with peering (two replicas never both act; LECTERN_STANDALONE=true turns it off), kopf's
+health endpoint on LECTERN_HEALTH_PORT (/healthz) and Prometheus metrics on
+LECTERN_METRICS_PORT (/metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import kopf
+
+from lectern_operator import metrics
+from lectern_operator.handlers import Services, build_registry
+from lectern_operator.settings import Settings
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
+                               "logger": record.name, "message": record.getMessage()}
+        for key in ("k8s_ref",):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(s: Settings) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    if s.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(s.log_level.upper())
+
+
+def operator_kwargs(s: Settings) -> dict[str, Any]:
+    return dict(clusterwide=False, namespaces=list(s.namespaces), standalone=s.standalone,
+                peering_name=None if s.standalone else s.peering_name)
+
+
+async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None,
+              ready_flag: asyncio.Event | None = None, services: Services | None = None,
+              liveness_endpoint: str | None = None) -> None:
+    """Run the operator in the current event loop until `stop_flag` is set (tests, bench)."""
+    await kopf.operator(registry=build_registry(settings, services), memo=kopf.Memo(),
+                        stop_flag=stop_flag, ready_flag=ready_flag, liveness_endpoint=liveness_endpoint,
+                        **operator_kwargs(settings))
+
+
+def main() -> None:
+    s = Settings()
+    setup_logging(s)
+    metrics.serve(s.metrics_port)
+    kopf.run(registry=build_registry(s), memo=kopf.Memo(),
+             liveness_endpoint=f"http://0.0.0.0:{s.health_port}/healthz" if s.health_port else None,
+             **operator_kwargs(s))
+
+
+if __name__ == "__main__":
+    main()

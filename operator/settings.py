@@ -33,7 +33,26 @@ class Settings(BaseSettings):
     # What the operator watches and how much it runs at once.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     max_concurrent: Annotated[int, Field(ge=1)] = 4
-    stall_timeout_seconds: Annotated[int, Field(ge=30)] = 600
+    stall_timeout_seconds: Annotated[float, Field(gt=0)] = 600
+    # How often a running transcode is reconciled from its Job, pods and report (also bounds
+    # the report -> notification lag), and how often queued ones re-check for a free slot.
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    admit_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    progress_notify_interval_seconds: Annotated[float, Field(ge=0)] = 1.0
+    # Lecture writes: pymongo timeouts, and the backoff of a pending write while Mongo is down.
+    mongo_timeout_ms: Annotated[int, Field(ge=50)] = 3000
+    lecture_retry_initial_seconds: Annotated[float, Field(gt=0)] = 2.0
+    lecture_retry_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # The Redis key that makes the final notification exactly-once lives this long.
+    notified_key_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+
+    # Kubernetes API: in-cluster / kubeconfig unless set (tests and local runs: the emulator).
+    # Also handed to the transcoder Job as LECTERN_KUBE_API_URL when set.
+    kube_api_url: str | None = None
+    # kopf peering: two replicas never both act. `standalone` turns it off (tests, one replica).
+    peering_name: str = "lectern"
+    standalone: bool = False
+    watch_timeout_seconds: Annotated[int, Field(ge=1)] = 300
 
     # The transcoder Job.
     transcoder_image: str = "ghcr.io/lectern/transcoder:0.1.0"
@@ -45,6 +64,9 @@ class Settings(BaseSettings):
     transcoder_memory_request: str = "512Mi"
     transcoder_memory_limit: str = "2Gi"
     transcoder_max_memory: str = "8Gi"
+    transcoder_min_cpu: str = "250m"
+    transcoder_min_memory: str = "256Mi"
+    transcoder_run_as_user: int = 65532
     transcoder_scratch_size: str = "20Gi"
     transcoder_active_deadline_seconds: int = 3600
     transcoder_backoff_limit: int = 3
@@ -64,6 +86,21 @@ class Settings(BaseSettings):
     queue_name: str = "video-queue"
     queue_prefix: str = "bull"
     intake_concurrency: Annotated[int, Field(ge=1)] = 500
+    # Where the intake creates VideoTranscodes (default: the first of `namespaces`).
+    intake_namespace: str | None = None
+    # BullMQ worker: the lock is renewed every lock/2 while a transcode runs (the processor never
+    # blocks), so a long lock only delays redelivery after a crash; it also rides out Redis
+    # outages shorter than itself. A stall (intake killed mid-job) does not use an attempt, but
+    # more than `max_stalled_count` of them fail the job.
+    intake_lock_duration_ms: Annotated[int, Field(ge=1000)] = 120_000
+    intake_stalled_interval_ms: Annotated[int, Field(ge=500)] = 30_000
+    intake_max_stalled_count: Annotated[int, Field(ge=1)] = 20
+    # A waiting job re-reads its CR directly at least this often (the shared watch is the fast path).
+    intake_resync_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # How long creating a CR retries an unreachable/erroring API server before the attempt fails.
+    intake_kube_retry_seconds: Annotated[float, Field(ge=0)] = 300.0
+    # On SIGTERM: time for in-flight jobs to be handed back to the queue before a forced close.
+    intake_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 20.0
 
     # Observability.
     metrics_port: int = 9090

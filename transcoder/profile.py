@@ -33,3 +33,9 @@ AUDIO_SAMPLE_RATE = 48000
 # limits, AAC audio, and its video bitrate is no more than this (else it is re-encoded to
 # shrink it).
 REMUX_MAX_VIDEO_KBPS = 3000
+
+# Encode the audio in a second ffmpeg process beside the video one and mux the two at the end.
+# In ffmpeg 5.1 the filter graph and the audio encoder share one thread with the decoder, so
+# on a 2-CPU quota that thread, not x264, limits the speed; a separate process takes the
+# audio off it (the mux afterwards is a copy of a small file).
+PARALLEL_AUDIO = True

@@ -106,6 +106,50 @@ class Condition(_Model):
     last_transition_time: datetime | None = None
 
 
+class Cost(_Model):
+    """What the transcode cost, copied from the transcoder's last report (sizing figures)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    cpu_seconds: Annotated[float, Field(ge=0)] | None = None
+    bytes_downloaded: Annotated[int, Field(ge=0)] | None = None
+    bytes_uploaded: Annotated[int, Field(ge=0)] | None = None
+    speed: Annotated[float, Field(ge=0)] | None = Field(None, description="Encode speed, x realtime.")
+    input_duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    wall_seconds: Annotated[float, Field(ge=0)] | None = Field(None, description="Running to finished.")
+
+
+LectureState = Literal["PROCESSING", "READY", "FAILED"]
+
+
+class LectureSync(_Model):
+    """The operator's writes to the Lecture document: what was applied, what is still pending.
+
+    A write that cannot reach MongoDB stays `pending` here and is retried by a timer, so an
+    operator restart loses nothing."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    applied: LectureState | None = Field(None, description="Last state written to the Lecture.")
+    pending: LectureState | None = Field(None, description="State still to be written.")
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    superseded: bool = Field(False, description="The Lecture has a newer upload; never written again.")
+    attempts: Annotated[int, Field(ge=0)] = 0
+    last_error: Annotated[str, Field(max_length=1024)] | None = None
+    next_attempt_at: datetime | None = None
+
+
+class Notified(_Model):
+    """Which notifications went out (the final one exactly once, also across restarts)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    processing: bool = False
+    final: Literal["ready", "failed", "skipped"] | None = Field(
+        None, description="The final notification sent (`skipped`: the Lecture had a newer upload).")
+    progress: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
 class VideoTranscodeStatus(_Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -119,5 +163,34 @@ class VideoTranscodeStatus(_Model):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    progress_at: datetime | None = Field(None, description="When progress last moved (watchdog).")
+    stalls: Annotated[int, Field(ge=0)] = Field(0, description="Pods the watchdog deleted.")
     conditions: list[Condition] = Field(default_factory=list)
+    cost: Cost | None = None
+    lecture: LectureSync | None = None
+    notified: Notified | None = None
     report: TranscoderReport | None = None
+
+
+class VideoTranscode(_Model):
+    """The whole object, for code that reads one (the intake, tests)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: Literal["media.lectern.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["VideoTranscode"] = KIND  # type: ignore[assignment]
+    metadata: dict = Field(default_factory=dict)
+    spec: VideoTranscodeSpec
+    status: VideoTranscodeStatus | None = None
+
+
+# Condition types the operator sets.
+COND_ADMITTED = "Admitted"        # True once it left the queue and has a Job
+COND_COMPLETE = "Complete"        # True on success
+COND_FAILED = "Failed"            # True on final failure
+COND_LECTURE_SYNCED = "LectureSynced"  # False while a Lecture write is pending (Mongo down) or superseded
+COND_STALLED = "Stalled"          # True right after the watchdog restarted a stuck pod
+
+LABEL_TRANSCODE = f"{GROUP}/transcode"
+LABEL_LECTURE_ID = f"{GROUP}/lecture-id"
+LABEL_QUEUE_JOB_ID = f"{GROUP}/queue-job-id"

@@ -1,0 +1,218 @@
+"""The kopf handlers, registered on a registry built for one `Settings` (so tests inject theirs).
+
+    on.startup   kopf settings (annotations for kopf's own bookkeeping, peering, timeouts),
+                 the Mongo/Redis clients
+    on.login     the API server: LECTERN_KUBE_API_URL, else in-cluster, else kubeconfig
+    index        every VideoTranscode's phase/priority/creation time: the queue
+    on.create    validate, phase Queued, admit if a slot is free
+    timer        Running: Job + pods + report -> status, Lecture, notifications, watchdog;
+                 final: pending Lecture write / final notification until done
+    timer        Queued: periodic admission (safety net; admission also runs whenever a
+                 transcode is created, finishes or is deleted)
+    on.delete    stop the Job; a Lecture this transcode moved to PROCESSING -> FAILED
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from lectern_operator import jobs
+from lectern_operator.api import v1alpha1 as api
+from lectern_operator.kube import Kube
+from lectern_operator.lectures import Lectures
+from lectern_operator.notify import Notifier
+from lectern_operator.queue import Admission, Entry, entry_from_body
+from lectern_operator.reconcile import Reconciler, iso, needs_timer, now, parse_time, set_condition
+from lectern_operator import metrics
+from lectern_operator.settings import Settings
+
+RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+log = logging.getLogger("lectern.operator")
+
+
+class Services:
+    """What the handlers share: API client, Mongo, Redis, the admission queue."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.connection: kopf.ConnectionInfo | None = None
+        self._kube: Kube | None = None
+        self.lectures = Lectures(settings)
+        self.notifier: Notifier | None = None
+        self.reconciler: Reconciler | None = None
+        self.admission = Admission(settings, self.start)
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            if self.connection is None:
+                raise RuntimeError("not logged in to the API server yet")
+            self._kube = Kube(self.connection)
+        return self._kube
+
+    def open(self) -> None:
+        self.notifier = Notifier(self.settings)
+        self.reconciler = Reconciler(self.settings, lambda: self.kube, self.lectures, self.notifier)
+
+    async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self._kube is not None:
+            await self._kube.close()
+        self.lectures.close()
+
+    async def admit(self, index: Any, *, force: bool = True) -> None:
+        entries = list(index.get("all", ())) if index is not None else []
+        started = await self.admission.admit(entries, force=force)
+        if started:
+            log.info("admitted %s", ", ".join(e.name for e in started))
+
+    async def start(self, entry: Entry) -> bool:
+        """Queued -> Running for one CR: status first (it is what the cap counts), then the Job."""
+        path = Kube.vt_path(entry.namespace, entry.name)
+        body = await self.kube.get(path)
+        if body is None:
+            return False
+        status = body.get("status") or {}
+        if status.get("phase") != "Queued" or (body["metadata"].get("deletionTimestamp")):
+            return False  # the index lagged: started already, finished, or going away
+        meta = body["metadata"]
+        job_name = jobs.job_name(meta["name"], meta.get("uid"))
+        t = now()
+        patch = {
+            "phase": "Running", "jobName": job_name, "startedAt": iso(t), "progressAt": iso(t),
+            "message": "starting", "observedGeneration": meta.get("generation"),
+            "conditions": set_condition(status.get("conditions"), api.COND_ADMITTED, "True", "SlotFree",
+                                        f"Job {job_name} started"),
+        }
+        await self.kube.merge_patch(f"{path}/status", {"status": patch})
+        queued = parse_time(status.get("queuedAt"))
+        waited = (t - queued).total_seconds() if queued else 0.0
+        metrics.QUEUE_WAIT.observe(max(waited, 0.0))
+        assert self.reconciler is not None
+        try:
+            await self.reconciler.ensure_job(body)
+        except Exception as exc:  # the Running timer creates it on its next tick
+            log.warning("Job %s not created yet: %s", job_name, exc)
+        kopf.info(body, reason="Started", message=f"slot free after {waited:.1f}s: Job {job_name} started")
+        return True
+
+
+def configure(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
+    # kopf's own bookkeeping goes to annotations: status holds only what users read.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration")
+    kopf_settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    kopf_settings.posting.level = logging.WARNING  # our own kopf.info/warn events + kopf's warnings
+    kopf_settings.watching.server_timeout = s.watch_timeout_seconds
+    kopf_settings.watching.client_timeout = s.watch_timeout_seconds + 5
+    kopf_settings.watching.connect_timeout = 10
+    kopf_settings.networking.request_timeout = 30
+    kopf_settings.scanning.disabled = True  # explicit namespaces; no cluster-wide listing
+    kopf_settings.peering.name = s.peering_name
+    kopf_settings.peering.standalone = s.standalone
+    kopf_settings.peering.mandatory = not s.standalone
+    kopf_settings.peering.clusterwide = False
+    kopf_settings.queueing.error_delays = (1, 2, 5, 10, 30)
+
+
+def build_registry(settings: Settings | None = None, services: Services | None = None) -> kopf.OperatorRegistry:
+    s = settings or Settings()
+    svc = services or Services(s)
+    reg = kopf.OperatorRegistry()
+
+    @kopf.on.startup(id="startup", registry=reg)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings, s)
+        svc.open()
+        memo.services = svc
+
+    @kopf.on.cleanup(id="cleanup", registry=reg)
+    async def cleanup(**_: Any) -> None:
+        await svc.close()
+
+    @kopf.on.login(id="login", registry=reg)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if s.kube_api_url:
+            info = kopf.ConnectionInfo(server=s.kube_api_url, insecure=s.kube_api_url.startswith("http:"),
+                                       default_namespace=s.namespaces[0] if s.namespaces else None)
+        else:
+            info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        svc.connection = info
+        return info
+
+    @kopf.on.probe(id="queue", registry=reg)
+    def probe(**_: Any) -> dict[str, int]:
+        return dict(svc.admission.last_counts)
+
+    @kopf.index(*RESOURCE, id="vt_queue", registry=reg)
+    def vt_queue(body: kopf.Body, **_: Any) -> dict[str, Entry]:
+        return {"all": entry_from_body(body)}
+
+    @kopf.on.create(*RESOURCE, id="queue", registry=reg)
+    async def created(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
+                      vt_queue: kopf.Index, **_: Any) -> None:
+        path = Kube.vt_path(namespace, name) + "/status"
+        if status.get("phase"):
+            return  # already handled (e.g. created while a previous operator instance ran)
+        try:
+            spec = api.VideoTranscodeSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            msg = f"invalid spec: {where}: {first.get('msg')}"
+            await svc.kube.merge_patch(path, {"status": {
+                "phase": "Failed", "message": msg, "completedAt": iso(now()),
+                "observedGeneration": meta.get("generation"),
+                "conditions": set_condition(None, api.COND_FAILED, "True", "InvalidSpec", msg)}})
+            kopf.warn(body, reason="InvalidSpec", message=msg)
+            return
+        await svc.kube.merge_patch(path, {"status": {
+            "phase": "Queued", "queuedAt": iso(now()), "progress": 0, "attempts": 0,
+            "observedGeneration": meta.get("generation"),
+            "conditions": set_condition(None, api.COND_ADMITTED, "False", "Queued", "waiting for a free slot")}})
+        kopf.info(body, reason="Queued", message=f"waiting for a slot (priority {spec.priority})")
+        svc.admission.override(namespace, name, "Queued")
+        await svc.admit(vt_queue)
+
+    @kopf.timer(*RESOURCE, id="reconcile", interval=s.reconcile_interval_seconds, registry=reg,
+                when=lambda status, **_: needs_timer(status))
+    async def reconcile(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
+                        memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger, vt_queue: kopf.Index,
+                        **_: Any) -> None:
+        if meta.get("deletionTimestamp"):
+            return
+        rec = svc.reconciler
+        assert rec is not None
+        phase = status.get("phase")
+        if phase == "Running":
+            changes = await rec.running(body, memo, logger)
+        else:
+            changes = await rec.finalize(body, dict(status), logger)
+        if changes:
+            changes.setdefault("observedGeneration", meta.get("generation"))
+            patch.status.update(changes)
+        new_phase = changes.get("phase")
+        if phase == "Running" and new_phase in api.FINAL_PHASES:
+            svc.admission.override(namespace, name, new_phase)
+            await svc.admit(vt_queue)
+
+    @kopf.timer(*RESOURCE, id="admit", interval=s.admit_interval_seconds, registry=reg,
+                when=lambda status, **_: (status or {}).get("phase") == "Queued")
+    async def admit_queued(vt_queue: kopf.Index, **_: Any) -> None:
+        await svc.admit(vt_queue, force=False)
+
+    @kopf.on.delete(*RESOURCE, id="cancel", registry=reg, retries=30)
+    async def deleted(body: kopf.Body, name: str, namespace: str, logger: logging.Logger,
+                      vt_queue: kopf.Index, **_: Any) -> None:
+        assert svc.reconciler is not None
+        await svc.reconciler.cancel(body, logger)
+        svc.admission.override(namespace, name, "Deleted")
+        await svc.admit(vt_queue)
+
+    return reg

@@ -1,0 +1,3 @@
+from lectern_operator.intake.main import main
+
+main()

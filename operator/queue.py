@@ -1,0 +1,121 @@
+"""The concurrency cap: at most `max_concurrent` VideoTranscodes in phase Running.
+
+The queue is *derived from the cluster*, never held only in memory: a kopf index of all
+VideoTranscodes (filled from the API server's list+watch before any handler runs) gives each
+one's phase, priority and creation time. Admission counts the Running ones and starts the
+best Queued ones: higher `spec.priority` first, then first come, first served
+(creationTimestamp, then the operator's `status.queuedAt`, then name). After an operator
+restart the index is rebuilt from the cluster, so the cap and the order survive it.
+
+The index lags our own writes by one watch event; `_overrides` bridges that gap (a CR we
+just started counts as Running, one that just finished as finished) until the index shows
+the same, so two admission runs in quick succession never over-commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from lectern_operator import metrics
+from lectern_operator.api import v1alpha1 as api
+from lectern_operator.settings import Settings
+
+WAITING = (None, "Queued")
+
+
+@dataclass(frozen=True)
+class Entry:
+    namespace: str
+    name: str
+    phase: str | None
+    priority: int
+    created: str
+    queued_at: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def order(self) -> tuple:
+        return (-self.priority, self.created, self.queued_at, self.name)
+
+
+def entry_from_body(body: Any) -> Entry:
+    meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
+    try:
+        priority = int(spec.get("priority") or 0)
+    except (TypeError, ValueError):
+        priority = 0
+    return Entry(namespace=meta.get("namespace", ""), name=meta.get("name", ""), phase=status.get("phase"),
+                 priority=priority, created=str(meta.get("creationTimestamp") or ""),
+                 queued_at=str(status.get("queuedAt") or ""))
+
+
+StartFn = Callable[[Entry], Awaitable[bool]]
+
+
+class Admission:
+    def __init__(self, settings: Settings, start: StartFn) -> None:
+        self.settings = settings
+        self._start = start
+        self._lock = asyncio.Lock()
+        self._overrides: dict[tuple[str, str], tuple[str, float]] = {}
+        self._last_run = 0.0
+        self.last_counts: dict[str, int] = {}
+
+    def override(self, namespace: str, name: str, phase: str) -> None:
+        self._overrides[(namespace, name)] = (phase, time.monotonic())
+
+    def _view(self, entries: Iterable[Entry]) -> list[Entry]:
+        now = time.monotonic()
+        out: list[Entry] = []
+        seen: set[tuple[str, str]] = set()
+        for e in entries:
+            seen.add(e.key)
+            ov = self._overrides.get(e.key)
+            if ov is not None:
+                phase, _ = ov
+                if e.phase == phase or (e.phase in api.FINAL_PHASES):
+                    del self._overrides[e.key]  # the index caught up
+                else:
+                    e = Entry(e.namespace, e.name, phase, e.priority, e.created, e.queued_at)
+            out.append(e)
+        for key, (_, at) in list(self._overrides.items()):
+            if key not in seen and now - at > 120:
+                del self._overrides[key]
+        return out
+
+    async def admit(self, entries: Iterable[Entry], *, force: bool = True) -> list[Entry]:
+        """Start as many waiting transcodes as there are free slots; returns those started.
+
+        `force=False` (the periodic safety net) skips when a run happened very recently."""
+        if not force and time.monotonic() - self._last_run < min(1.0, self.settings.admit_interval_seconds / 2):
+            return []
+        async with self._lock:
+            self._last_run = time.monotonic()
+            view = self._view(list(entries))
+            counts: dict[str, int] = {p: 0 for p in (*api.PHASES, "Pending")}
+            for e in view:
+                counts[e.phase or "Pending"] = counts.get(e.phase or "Pending", 0) + 1
+            running = counts["Running"]
+            waiting = sorted((e for e in view if e.phase in WAITING), key=Entry.order)
+            free = self.settings.max_concurrent - running
+            started: list[Entry] = []
+            for e in waiting:
+                if len(started) >= free:
+                    break
+                if await self._start(e):
+                    self.override(e.namespace, e.name, "Running")
+                    started.append(e)
+            counts["Running"] += len(started)
+            counts["Queued"] = len(waiting) - len(started)
+            counts.pop("Pending", None)
+            self.last_counts = counts
+            for phase, n in counts.items():
+                metrics.TRANSCODES.labels(phase=phase).set(n)
+            metrics.QUEUE_LENGTH.set(counts["Queued"])
+            metrics.RUNNING.set(counts["Running"])
+            return started

@@ -1,0 +1,203 @@
+"""The emulator against Cloudinary's documented behaviour, driven by the real SDK: if these
+pass, code that works here talks to Cloudinary the way Cloudinary expects."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import cloudinary
+import cloudinary.uploader
+import pytest
+from cloudinary.exceptions import AuthorizationRequired, Error
+
+from tests.standins.cloudinary import string_to_sign
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 2 s 640x360 H.264/AAC clip (made once per module; ffmpeg's test sources)."""
+    out = tmp_path_factory.mktemp("media") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25:duration=2", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out)], check=True)
+    return out
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def ffprobe_dims(data: bytes, tmp_path: Path) -> tuple[int, int]:
+    p = tmp_path / "probe.mp4"
+    p.write_bytes(data)
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "stream=width,height", "-of", "json", str(p)], capture_output=True, check=True)
+    s = json.loads(out.stdout)["streams"][0]
+    return s["width"], s["height"]
+
+
+def test_config_comes_from_cloudinary_url(cloudinary_env):
+    cfg = cloudinary.config()
+    assert cfg.upload_prefix == cloudinary_env.base_url
+    assert (cfg.cloud_name, cfg.api_key) == (cloudinary_env.cloud_name, cloudinary_env.api_key)
+
+
+def test_signed_upload(cloudinary_env, clip, tmp_path):
+    res = cloudinary.uploader.upload(str(clip), resource_type="video", public_id="lectures/a")
+    assert res["public_id"] == "lectures/a" and res["resource_type"] == "video"
+    assert (res["width"], res["height"], res["format"]) == (640, 360, "mp4")
+    assert res["bytes"] == clip.stat().st_size and 1.9 < res["duration"] < 2.2
+    assert res["secure_url"].startswith(cloudinary_env.base_url + "/democloud/video/upload/v")
+    assert res["secure_url"] == cloudinary_env.secure_url_for("lectures/a")
+    status, _, body = get(res["secure_url"])
+    assert status == 200 and body == clip.read_bytes()
+    assert cloudinary_env.uploads[0]["params"]["public_id"] == "lectures/a"
+
+
+def test_signature_string_matches_the_sdk():
+    from cloudinary.utils import api_string_to_sign
+    params = {"public_id": "a&b", "timestamp": "1", "tags": ["x", "y"], "overwrite": "1",
+              "file": "f", "api_key": "k", "resource_type": "video", "cloud_name": "c"}
+    signable = {k: v for k, v in params.items() if k not in ("file", "api_key", "resource_type", "cloud_name")}
+    assert string_to_sign(params) == api_string_to_sign(signable)
+
+
+def test_wrong_secret_is_rejected(cloudinary_env, clip):
+    with pytest.raises(AuthorizationRequired, match="Invalid Signature"):
+        cloudinary.uploader.upload(str(clip), resource_type="video", api_secret="wrong")
+    with pytest.raises(AuthorizationRequired):
+        cloudinary.uploader.upload(str(clip), resource_type="video", api_key="999")
+    assert not cloudinary_env.assets
+
+
+def test_sha256_signatures_are_accepted(cloudinary_env, clip):
+    res = cloudinary.uploader.upload(str(clip), resource_type="video", signature_algorithm="sha256")
+    assert len(res["public_id"]) == 20
+
+
+def test_upload_large_reassembles_byte_identical(cloudinary_env, clip):
+    res = cloudinary.uploader.upload_large(str(clip), resource_type="video", public_id="big",
+                                           chunk_size=7_000)
+    data = clip.read_bytes()
+    assert res["bytes"] == len(data) and res["width"] == 640
+    assert cloudinary_env.asset("big").path.read_bytes() == data
+    assert cloudinary_env.uploads[-1]["parts"] == -(-len(data) // 7_000)
+    # without a public_id the one assigned at the first chunk sticks
+    res2 = cloudinary.uploader.upload_large(str(clip), resource_type="video", chunk_size=50_000)
+    assert cloudinary_env.asset(res2["public_id"]).path.read_bytes() == data
+
+
+def test_video_upload_of_garbage_is_refused(cloudinary_env, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00not a video" * 1000)
+    with pytest.raises(Error, match="Unsupported video format"):
+        cloudinary.uploader.upload(str(junk), resource_type="video")
+    res = cloudinary.uploader.upload(str(junk), resource_type="raw", public_id="junk.bin")
+    assert res["public_id"] == "junk.bin" and res["resource_type"] == "raw"
+
+
+def test_overwrite_semantics(cloudinary_env, clip, tmp_path):
+    first = cloudinary.uploader.upload(str(clip), resource_type="video", public_id="p")
+    small = tmp_path / "small.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(clip), "-t", "1", "-c", "copy",
+                    str(small)], check=True)
+    kept = cloudinary.uploader.upload(str(small), resource_type="video", public_id="p", overwrite=False)
+    assert kept["existing"] is True and kept["version"] == first["version"]
+    assert cloudinary_env.asset("p").bytes == clip.stat().st_size
+    new = cloudinary.uploader.upload(str(small), resource_type="video", public_id="p")
+    assert new["overwritten"] is True and new["version"] > first["version"]
+    assert cloudinary_env.asset("p").bytes == small.stat().st_size
+
+
+def test_folder_and_use_filename(cloudinary_env, clip):
+    res = cloudinary.uploader.upload(str(clip), resource_type="video", folder="course/1",
+                                     use_filename=True, unique_filename=False)
+    assert res["public_id"] == "course/1/clip" and res["folder"] == "course/1"
+
+
+def test_delivery_range(cloudinary_emulator, clip):
+    cloudinary_emulator.put_asset(clip, "raw/r1")
+    url = cloudinary_emulator.delivery_url("raw/r1")
+    data = clip.read_bytes()
+    status, headers, body = get(url, {"Range": "bytes=100-199"})
+    assert status == 206 and body == data[100:200]
+    assert headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    assert headers["Accept-Ranges"] == "bytes"
+    assert get(url, {"Range": "bytes=1000-"})[2] == data[1000:]
+    assert get(url, {"Range": "bytes=-10"})[2] == data[-10:]
+    assert get(url, {"Range": f"bytes={len(data)}-"})[0] == 416
+    assert get(url, {"Range": "bytes=0-9", "If-Range": '"stale"'})[0] == 200
+    assert get(cloudinary_emulator.delivery_url("nope"))[0] == 404
+    versioned = cloudinary_emulator.delivery_url("raw/r1", version=123)
+    assert "/v123/raw/r1.mp4" in versioned and get(versioned)[2] == data
+
+
+@pytest.mark.parametrize("transformation, dims", [
+    ("w_320,h_320,c_limit", (320, 180)),
+    ("w_1280,h_720,c_limit", (640, 360)),     # limit never upscales: the original is served
+    ("h_180", (320, 180)),                     # c_scale keeps the aspect with one side given
+    ("w_200,h_200,c_scale", (200, 200)),
+])
+def test_transformations(cloudinary_emulator, clip, tmp_path, transformation, dims):
+    cloudinary_emulator.put_asset(clip, "t")
+    status, headers, body = get(cloudinary_emulator.delivery_url("t", transformation))
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    assert ffprobe_dims(body, tmp_path) == dims
+    bad = get(cloudinary_emulator.delivery_url("t", "e_blur"))
+    assert bad[0] == 400 and "Invalid transformation" in bad[1]["X-Cld-Error"]
+
+
+def test_signed_delivery_urls(cloudinary_emulator, clip):
+    cloudinary_emulator.put_asset(clip, "s/one")
+    url = cloudinary_emulator.delivery_url("s/one", "w_320,c_limit", sign_url=True, version=5)
+    assert "/s--" in url and get(url)[0] == 200
+    forged = url.replace("w_320", "w_300")
+    assert get(forged)[0] == 401
+
+
+def test_drop_connection_after_n_bytes(cloudinary_emulator, clip):
+    cloudinary_emulator.put_asset(clip, "d")
+    url = cloudinary_emulator.delivery_url("d")
+    cloudinary_emulator.drop_connection_after(5000, times=2)
+    for _ in range(2):
+        with pytest.raises(http.client.IncompleteRead) as exc:
+            get(url)
+        assert len(exc.value.partial) == 5000
+    assert get(url)[2] == clip.read_bytes()
+    assert cloudinary_emulator.bytes_served == 10000 + clip.stat().st_size
+    assert cloudinary_emulator.request_count("delivery") == 3
+
+
+def test_fail_next_and_latency(cloudinary_env, clip):
+    emu = cloudinary_env
+    emu.fail_next(2, status=503, route="upload")
+    for _ in range(2):
+        with pytest.raises(Error):
+            cloudinary.uploader.upload(str(clip), resource_type="video")
+    assert cloudinary.uploader.upload(str(clip), resource_type="video", public_id="ok")
+    emu.fail_next(1, status=502, route="delivery", body="html")
+    url = emu.delivery_url("ok")
+    assert get(url)[0] == 502 and get(url)[0] == 200
+    emu.set_latency(0.3, route="delivery")
+    import time
+    t0 = time.monotonic()
+    get(url, {"Range": "bytes=0-0"})
+    assert time.monotonic() - t0 >= 0.3
+    assert [r["status"] for r in emu.requests if r["route"] == "upload"] == [503, 503, 200]
+    assert emu.bytes_received > 2 * clip.stat().st_size
+
+
+def test_destroy(cloudinary_env, clip):
+    cloudinary.uploader.upload(str(clip), resource_type="video", public_id="gone")
+    assert cloudinary.uploader.destroy("gone", resource_type="video")["result"] == "ok"
+    assert get(cloudinary_env.delivery_url("gone"))[0] == 404

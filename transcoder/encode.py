@@ -1,0 +1,238 @@
+"""The ffmpeg command lines: what to do with a probed input, and running them.
+
+`plan()` decides from the probe and the profile (`profile.py`, the only place quality and size
+are tuned): the output size (fit 1280x720 landscape / 720x1280 portrait after rotation and
+sample aspect ratio, never upscaled, even), whether the video can be copied (already H.264
+8-bit 4:2:0 within bounds at a sane bitrate: a remux is ~20x faster than an encode and loses
+nothing), whether the audio can be copied, and how many threads the CPU quota allows.
+`argv_*()` turn a plan into argument lists; `run()` executes them with `-progress pipe:1`.
+
+ffmpeg only ever receives paths inside our private temp dir, never a shell, and metadata is
+dropped (`-map_metadata -1`): phone clips carry GPS positions that students need not see."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from lectern_transcoder import profile
+from lectern_transcoder.errors import TranscodeError, Transient, UnusableInput
+from lectern_transcoder.probe import AudioStream, Probe, last_line
+from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
+
+COMPLIANT_H264_PROFILES = {"High", "Main", "Constrained Baseline"}
+COPYABLE_AUDIO_CHANNELS = 2
+FPS_TOLERANCE = 0.5
+KILL_GRACE_SECONDS = 2.0
+# ffmpeg messages that mean our command line is wrong (a bug), not the input.
+_OUR_FAULT = ("Unrecognized option", "Option not found", "Error splitting the argument list",
+              "Error initializing output stream", "Error while opening encoder")
+
+
+def even_floor(x: int) -> int:
+    return max(2, x - x % 2)
+
+
+def bounds(width: int, height: int, max_height: int = profile.MAX_SHORT_SIDE) -> tuple[int, int]:
+    """The box to fit in: 1280x720 for landscape (and square), 720x1280 for portrait, scaled
+    for a smaller `max_height` (the short side)."""
+    long_side = even_floor(round(max_height * profile.MAX_LONG_SIDE / profile.MAX_SHORT_SIDE))
+    return (long_side, max_height) if width >= height else (max_height, long_side)
+
+
+def target_size(width: int, height: int, max_height: int = profile.MAX_SHORT_SIDE) -> tuple[int, int]:
+    """Largest even size within the bounds with the input's aspect ratio; never larger than
+    the input (a 320x180 clip stays 320x180, a 641x361 one becomes 640x360)."""
+    bw, bh = bounds(width, height, max_height)
+    scale = min(1.0, bw / width, bh / height)
+    return (even_floor(min(bw, round(width * scale))), even_floor(min(bh, round(height * scale))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    width: int
+    height: int
+    copy_video: bool
+    audio: AudioStream | None
+    copy_audio: bool
+    threads: int
+    parallel_audio: bool
+    gop: int
+    why_encode: tuple[str, ...]  # why the video is not copied (empty when it is)
+
+    @property
+    def mode(self) -> str:
+        return "remux" if self.copy_video else "transcode"
+
+
+def video_issues(p: Probe, max_height: int) -> list[str]:
+    """Why the video stream cannot be copied as it is (an empty list means it can)."""
+    v = p.video
+    issues = []
+    if v.codec != "h264":
+        issues.append(f"codec {v.codec}")
+    elif v.profile not in COMPLIANT_H264_PROFILES:
+        issues.append(f"H.264 profile {v.profile}")
+    if v.pix_fmt != profile.PIX_FMT:
+        issues.append(f"pixel format {v.pix_fmt}")
+    if v.rotation:
+        issues.append(f"rotated {v.rotation}°")
+    if v.sar != 1:
+        issues.append(f"non-square pixels {v.sar}")
+    if (v.width, v.height) != target_size(v.width, v.height, max_height):
+        issues.append(f"size {v.width}x{v.height}")
+    if v.fps is None or v.fps > profile.MAX_FPS + FPS_TOLERANCE:
+        issues.append(f"frame rate {v.fps}")
+    rate = p.video_bit_rate
+    if rate is None or rate > profile.REMUX_MAX_VIDEO_KBPS * 1000:
+        issues.append(f"bitrate {rate and rate // 1000} kbit/s")
+    return issues
+
+
+def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
+         parallel_audio: bool = profile.PARALLEL_AUDIO) -> Plan:
+    dw, dh = p.video.display_size
+    width, height = target_size(dw, dh, max_height)
+    issues = video_issues(p, max_height)
+    audio = p.default_audio
+    copy_audio = audio is not None and audio.codec == "aac" and audio.channels <= COPYABLE_AUDIO_CHANNELS
+    fps = min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)
+    return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,
+                threads=max(1, threads), gop=max(1, round(fps * profile.GOP_SECONDS)),
+                parallel_audio=parallel_audio and bool(issues) and audio is not None and not copy_audio,
+                why_encode=tuple(issues))
+
+
+_COMMON = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+_PROGRESS = ["-progress", "pipe:1", "-stats_period", "0.5", "-nostats"]
+_STRIP = ["-map_metadata", "-1", "-map_chapters", "-1", "-sn", "-dn"]
+
+
+def _audio_codec_args(a: AudioStream, copy: bool) -> list[str]:
+    if copy:
+        return ["-c:a", "copy"]
+    args = ["-c:a", profile.AUDIO_CODEC, "-b:a", f"{profile.AUDIO_BITRATE_KBPS}k",
+            "-ac", str(max(1, min(a.channels, profile.AUDIO_CHANNELS)))]
+    if a.sample_rate not in (44100, 48000):
+        args += ["-ar", str(profile.AUDIO_SAMPLE_RATE)]
+    return args
+
+
+def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
+    if pl.copy_video:
+        return ["-c:v", "copy"]
+    v = p.video
+    filters = []
+    if (pl.width, pl.height) != v.display_size or (v.width, v.height) != v.display_size or v.width % 2 or v.height % 2:
+        filters.append(f"scale={pl.width}:{pl.height}")
+    filters += ["setsar=1", f"format={profile.PIX_FMT}"]
+    return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),
+            "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, "-crf", str(profile.X264_CRF),
+            "-profile:v", profile.X264_PROFILE, "-pix_fmt", profile.PIX_FMT,
+            "-maxrate", f"{profile.MAXRATE_KBPS}k", "-bufsize", f"{profile.BUFSIZE_KBPS}k",
+            "-g", str(pl.gop), "-threads", str(pl.threads)]
+
+
+def argv_main(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    """The one ffmpeg that reads the input for the video (and the audio unless it goes to a
+    parallel process). Its output is final (with +faststart) unless audio is muxed later."""
+    argv = [ffmpeg, *_COMMON, "-threads", str(pl.threads), "-i", str(src), "-map", f"0:{p.video.index}"]
+    argv += _video_codec_args(pl, p)
+    if pl.audio is not None and not pl.parallel_audio:
+        argv += ["-map", f"0:{pl.audio.index}", *_audio_codec_args(pl.audio, pl.copy_audio)]
+    else:
+        argv += ["-an"]
+    argv += _STRIP
+    if not pl.parallel_audio:
+        argv += ["-movflags", "+faststart"]
+    return argv + [*_PROGRESS, "-f", "mp4", "-y", str(dst)]
+
+
+def argv_audio(pl: Plan, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    assert pl.audio is not None
+    return [ffmpeg, *_COMMON, "-i", str(src), "-map", f"0:{pl.audio.index}", "-vn", "-sn", "-dn",
+            *_audio_codec_args(pl.audio, False), "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
+
+
+def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    return [ffmpeg, *_COMMON, "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+            "-c", "copy", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", "-y", str(dst)]
+
+
+def _classify(returncode: int, stderr: bytes, src: Path, what: str) -> TranscodeError:
+    reason = last_line(stderr, src)
+    text = stderr.decode("utf-8", "replace")
+    if returncode < 0:
+        return Transient(f"{what} was killed by signal {-returncode}")
+    if "No space left on device" in text:
+        return Transient(f"{what}: no space left in the scratch directory")
+    if any(marker in text for marker in _OUR_FAULT):
+        return TranscodeError(f"{what} rejected its command line: {reason}")
+    return UnusableInput(f"{what} could not process the input: {reason}")
+
+
+class Processes:
+    """The ffmpeg children of one run; `stop()` (from `finally` and the SIGTERM path) makes
+    sure none outlives us and keeps writing into a directory being removed."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def start(self, argv: list[str], stderr_path: Path, stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen:
+        with open(stderr_path, "wb") as err, self._lock:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err,
+                                    close_fds=True, text=False)
+            self._procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        with self._lock:
+            procs, self._procs = self._procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+ProgressCallback = Callable[[float | None, float | None], None]
+
+
+def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processes,
+        on_progress: ProgressCallback | None = None) -> None:
+    """Produce `dst` from `src` following the plan. Raises UnusableInput, Transient or a
+    TranscodeError (bug) with ffmpeg's last error line."""
+    main_out = workdir / "video.mp4" if pl.parallel_audio else dst
+    audio_out = workdir / "audio.m4a"
+    audio_proc = None
+    if pl.parallel_audio:
+        audio_proc = procs.start(argv_audio(pl, src, audio_out), workdir / "audio.log")
+    main = procs.start(argv_main(pl, p, src, main_out), workdir / "video.log", stdout=subprocess.PIPE)
+    assert main.stdout is not None
+    for block in parse_progress(line.decode("ascii", "replace") for line in main.stdout):
+        if on_progress:
+            on_progress(fraction_done(block, p.duration), speed_of(block))
+    main.wait()
+    if main.returncode != 0:
+        raise _classify(main.returncode, (workdir / "video.log").read_bytes(), src, "ffmpeg")
+    if audio_proc is not None:
+        audio_proc.wait()
+        if audio_proc.returncode != 0:
+            raise _classify(audio_proc.returncode, (workdir / "audio.log").read_bytes(), src, "ffmpeg (audio)")
+        mux = procs.start(argv_mux(main_out, audio_out, dst), workdir / "mux.log")
+        mux.wait()
+        if mux.returncode != 0:
+            raise _classify(mux.returncode, (workdir / "mux.log").read_bytes(), src, "ffmpeg (mux)")
+        os.unlink(main_out)
+        os.unlink(audio_out)
