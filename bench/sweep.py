@@ -21,12 +21,12 @@ SCALE = "scale=w='min(1280,iw)':h='min(720,ih)':force_original_aspect_ratio=decr
 
 
 def lectern(preset="veryfast", crf=24, abr="96k", ac=2, scale_extra="", tune=None,
-            x264=None, maxrate="2500k", bufsize="5000k", gop=120, threads=None):
+            x264=None, maxrate="2500k", bufsize="5000k", gop=120, threads=None, dec_threads=None):
     """A candidate command line (the shape `encode.py` builds), as a function of the knobs."""
     def argv(src: Path, out: Path) -> list[str]:
         a = ["ffmpeg", "-nostdin", "-y", "-v", "error"]
-        if threads:
-            a += ["-threads", str(threads)]
+        if dec_threads or threads:
+            a += ["-threads", str(dec_threads or threads)]
         a += ["-i", str(src), "-map", "0:v:0", "-map", "0:a:0?", "-vf", SCALE + scale_extra,
               "-fpsmax", "30", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
               "-profile:v", "high", "-pix_fmt", "yuv420p", "-g", str(gop)]
@@ -49,6 +49,7 @@ def seed(src: Path, out: Path) -> list[str]:
 
 CONFIGS = {
     "seed": seed,
+    # round 1 (default threads): presets, CRF, tunes, scaler
     "vf-crf23": lectern(crf=23),
     "vf-crf24": lectern(crf=24),
     "vf-crf26": lectern(crf=26),
@@ -63,6 +64,24 @@ CONFIGS = {
     "vf-crf24-ref1": lectern(crf=24, x264="ref=1:rc-lookahead=10"),
     "vf-crf24-t2": lectern(crf=24, threads=2),
     "uf-crf24": lectern(preset="ultrafast", crf=24),
+    # round 2: -threads 2 (what the transcoder sets from the CPU quota) and the audio
+    "t2-vf-crf23": lectern(crf=23, threads=2),
+    "t2-vf-crf24": lectern(crf=24, threads=2),
+    "t2-vf-crf25": lectern(crf=25, threads=2),
+    "t2-vf-crf26": lectern(crf=26, threads=2),
+    "t2-vf-crf24-sws2": lectern(crf=24, threads=2, scale_extra=":threads=2"),
+    "t2-vf-crf24-ref1": lectern(crf=24, threads=2, x264="ref=1"),
+    "t2-vf-crf24-a96": lectern(crf=24, threads=2, abr="96k"),
+    "t2-vf-crf24-a64": lectern(crf=24, threads=2, abr="64k"),
+    "t2-vf-crf24-m64": lectern(crf=24, threads=2, abr="64k", ac=1),
+    "t2-vf-crf24-m48": lectern(crf=24, threads=2, abr="48k", ac=1),
+    "t2-faster-crf24": lectern(preset="faster", crf=24, threads=2),
+    "t2-sf-crf24-mbtree": lectern(preset="superfast", crf=24, threads=2, x264="rc-lookahead=10:mbtree=1"),
+    "t2-vf-crf24-still": lectern(crf=24, threads=2, tune="stillimage"),
+    "t2d1-vf-crf24": lectern(crf=24, threads=2, dec_threads=1),
+    "t2d1-vf-crf24-sws2": lectern(crf=24, threads=2, dec_threads=1, scale_extra=":threads=2"),
+    "t2-vf-crf28": lectern(crf=28, threads=2),
+    "t2-vf-crf24-ssim": lectern(crf=24, threads=2, tune="ssim"),
 }
 
 

@@ -98,7 +98,7 @@ class Services:
             await self.reconciler.ensure_job(body)
         except Exception as exc:  # the Running timer creates it on its next tick
             log.warning("Job %s not created yet: %s", job_name, exc)
-        kopf.info(body, reason="Started", message=f"slot free after {waited:.1f}s: Job {job_name} started")
+        kopf.event(body, type="Normal", reason="Started", message=f"slot free after {waited:.1f}s: Job {job_name} started")
         return True
 
 
@@ -108,7 +108,7 @@ def configure(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration")
     kopf_settings.persistence.finalizer = f"{api.GROUP}/finalizer"
-    kopf_settings.posting.level = logging.WARNING  # our own kopf.info/warn events + kopf's warnings
+    kopf_settings.posting.level = logging.WARNING  # kopf's own warnings; our transition events use kopf.event
     kopf_settings.watching.server_timeout = s.watch_timeout_seconds
     kopf_settings.watching.client_timeout = s.watch_timeout_seconds + 5
     kopf_settings.watching.connect_timeout = 10
@@ -170,14 +170,15 @@ def build_registry(settings: Settings | None = None, services: Services | None =
                 "phase": "Failed", "message": msg, "completedAt": iso(now()),
                 "observedGeneration": meta.get("generation"),
                 "conditions": set_condition(None, api.COND_FAILED, "True", "InvalidSpec", msg)}})
-            kopf.warn(body, reason="InvalidSpec", message=msg)
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=msg)
             return
+        queued_at = iso(now())
         await svc.kube.merge_patch(path, {"status": {
-            "phase": "Queued", "queuedAt": iso(now()), "progress": 0, "attempts": 0,
+            "phase": "Queued", "queuedAt": queued_at, "progress": 0, "attempts": 0,
             "observedGeneration": meta.get("generation"),
             "conditions": set_condition(None, api.COND_ADMITTED, "False", "Queued", "waiting for a free slot")}})
-        kopf.info(body, reason="Queued", message=f"waiting for a slot (priority {spec.priority})")
-        svc.admission.override(namespace, name, "Queued")
+        kopf.event(body, type="Normal", reason="Queued", message=f"waiting for a slot (priority {spec.priority})")
+        svc.admission.override(namespace, name, "Queued", queued_at)
         await svc.admit(vt_queue)
 
     @kopf.timer(*RESOURCE, id="reconcile", interval=s.reconcile_interval_seconds, registry=reg,

@@ -15,6 +15,7 @@ the same, so two admission runs in quick succession never over-commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
@@ -23,7 +24,8 @@ from lectern_operator import metrics
 from lectern_operator.api import v1alpha1 as api
 from lectern_operator.settings import Settings
 
-WAITING = (None, "Queued")
+WAITING = ("Queued",)
+log = logging.getLogger("lectern.operator.queue")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Entry:
         return (self.namespace, self.name)
 
     def order(self) -> tuple:
-        return (-self.priority, self.created, self.queued_at, self.name)
+        # creationTimestamp has one-second resolution: within a second, the order the operator
+        # queued them in (status.queuedAt, microseconds); not yet known sorts last.
+        return (-self.priority, self.created, self.queued_at or "~", self.name)
 
 
 def entry_from_body(body: Any) -> Entry:
@@ -62,12 +66,12 @@ class Admission:
         self.settings = settings
         self._start = start
         self._lock = asyncio.Lock()
-        self._overrides: dict[tuple[str, str], tuple[str, float]] = {}
+        self._overrides: dict[tuple[str, str], tuple[str, float, str]] = {}
         self._last_run = 0.0
         self.last_counts: dict[str, int] = {}
 
-    def override(self, namespace: str, name: str, phase: str) -> None:
-        self._overrides[(namespace, name)] = (phase, time.monotonic())
+    def override(self, namespace: str, name: str, phase: str, queued_at: str = "") -> None:
+        self._overrides[(namespace, name)] = (phase, time.monotonic(), queued_at)
 
     def _view(self, entries: Iterable[Entry]) -> list[Entry]:
         now = time.monotonic()
@@ -77,13 +81,13 @@ class Admission:
             seen.add(e.key)
             ov = self._overrides.get(e.key)
             if ov is not None:
-                phase, _ = ov
+                phase, _, queued_at = ov
                 if e.phase == phase or (e.phase in api.FINAL_PHASES):
                     del self._overrides[e.key]  # the index caught up
                 else:
-                    e = Entry(e.namespace, e.name, phase, e.priority, e.created, e.queued_at)
+                    e = Entry(e.namespace, e.name, phase, e.priority, e.created, e.queued_at or queued_at)
             out.append(e)
-        for key, (_, at) in list(self._overrides.items()):
+        for key, (_, at, _q) in list(self._overrides.items()):
             if key not in seen and now - at > 120:
                 del self._overrides[key]
         return out
@@ -103,6 +107,7 @@ class Admission:
             running = counts["Running"]
             waiting = sorted((e for e in view if e.phase in WAITING), key=Entry.order)
             free = self.settings.max_concurrent - running
+            log.debug("admission: running=%d free=%d waiting=%s", running, free, [e.name for e in waiting[:10]])
             started: list[Entry] = []
             for e in waiting:
                 if len(started) >= free:

@@ -172,7 +172,7 @@ class Reconciler:
         if job is None:
             job, created = await self.ensure_job(body)
             if created:
-                kopf.info(body, reason="JobCreated", message=f"Job {job_name} created")
+                kopf.event(body, type="Normal", reason="JobCreated", message=f"Job {job_name} created")
 
         # Lecture -> PROCESSING, and the "processing" notification, once.
         patch.update(await self.sync_lecture(body, status, PROCESSING, logger))
@@ -194,7 +194,7 @@ class Reconciler:
                 if prev:
                     t = termination(prev[-1]) or {}
                     why = f" (previous pod {prev[-1]['metadata']['name']}: {t.get('reason') or t.get('exitCode') or 'stopped'})"
-                kopf.warn(body, reason="Retrying", message=f"attempt {attempts}{why}")
+                kopf.event(body, type="Warning", reason="Retrying", message=f"attempt {attempts}{why}")
 
         # The transcoder's report: progress and cost.
         report = status.get("report") or {}
@@ -217,6 +217,13 @@ class Reconciler:
         finished = job_finished(job)
         if finished:
             final, cond = finished
+            # The last report may not have reached us through the watch yet: read it fresh.
+            fresh = await self.kube.get(Kube.vt_path(ns, name))
+            if fresh is not None:
+                report = (fresh.get("status") or {}).get("report") or report
+                cost = self.cost_from(report, status)
+                if cost and cost != status.get("cost"):
+                    patch["cost"] = status["cost"] = cost
             patch.update(await self.finish(body, status, final, cond, pods, report, logger))
             return patch
 
@@ -247,7 +254,7 @@ class Reconciler:
             await self.kube.delete(Kube.pods_path(ns, p["metadata"]["name"]))
         names = ", ".join(p["metadata"]["name"] for p in active)
         metrics.STALLS.inc(len(active))
-        kopf.warn(body, reason="Stalled",
+        kopf.event(body, type="Warning", reason="Stalled",
                   message=f"no progress for {int(stalled_for)}s at {status.get('progress', 0)}%: deleted pod {names}; the Job retries it")
         logger.warning("watchdog deleted stalled pod(s) %s", names)
         return {"stalls": int(status.get("stalls") or 0) + len(active), "progressAt": iso(now()),
@@ -267,7 +274,7 @@ class Reconciler:
             if video_url:
                 patch.update(progress=100, videoUrl=video_url, message="ready")
                 conds = set_condition(conds, api.COND_COMPLETE, "True", "JobComplete", "transcode complete")
-                kopf.info(body, reason="Succeeded", message=f"transcode complete: {video_url}")
+                kopf.event(body, type="Normal", reason="Succeeded", message=f"transcode complete: {video_url}")
             else:
                 final = patch["phase"] = "Failed"
                 reason = "the transcoder finished without reporting a video URL"
@@ -285,7 +292,7 @@ class Reconciler:
                     reason = detail
             patch["message"] = reason[:1024]
             conds = set_condition(conds, api.COND_FAILED, "True", cond.get("reason") or "JobFailed", reason)
-            kopf.warn(body, reason="Failed", message=f"transcode failed: {reason}")
+            kopf.event(body, type="Warning", reason="Failed", message=f"transcode failed: {reason}")
         patch["conditions"] = set_condition(conds, api.COND_STALLED, "False", "Finished") if condition(
             {"conditions": conds}, api.COND_STALLED) else conds
         cost = dict(patch.get("cost") or status.get("cost") or {})
@@ -342,7 +349,7 @@ class Reconciler:
                     lid, raw, step, video_url=status.get("videoUrl") if step == READY else None,
                     reason=(reason or status.get("message")) if step == FAILED else None)
                 if outcome is Outcome.SUPERSEDED:
-                    kopf.warn(body, reason="LectureSuperseded",
+                    kopf.event(body, type="Warning", reason="LectureSuperseded",
                               message=f"Lecture {lid} no longer has this rawVideoUrl (or is not in a state that allows {step}); left untouched")
                     lecture.update(superseded=True, pending=None, nextAttemptAt=None, lastError=None)
                     return {"lecture": lecture, "conditions": set_condition(
@@ -355,7 +362,7 @@ class Reconciler:
             delay = min(self.settings.lecture_retry_max_seconds,
                         self.settings.lecture_retry_initial_seconds * 2 ** min(attempts - 1, 16))
             if attempts == 1:
-                kopf.warn(body, reason="LectureUnavailable",
+                kopf.event(body, type="Warning", reason="LectureUnavailable",
                           message=f"cannot write Lecture {lid} ({target}): MongoDB unreachable; retrying")
             logger.warning("Lecture %s -> %s pending (attempt %d): %s", lid, target, attempts, exc)
             lecture.update(pending=target, attempts=attempts, lastError=str(exc)[:1024],
@@ -364,7 +371,7 @@ class Reconciler:
                 conds, api.COND_LECTURE_SYNCED, "False", "MongoUnavailable", f"{target} pending: {str(exc)[:300]}")}
         was_pending = lecture.get("pending")
         lecture.update(pending=None, attempts=0, lastError=None, nextAttemptAt=None)
-        kopf.info(body, reason="LectureUpdated",
+        kopf.event(body, type="Normal", reason="LectureUpdated",
                   message=f"Lecture {lid} -> {target}" + (" (after MongoDB came back)" if was_pending else ""))
         return {"lecture": lecture, "conditions": set_condition(conds, api.COND_LECTURE_SYNCED, "True", "Written",
                                                                 f"Lecture is {target}")}
@@ -389,7 +396,7 @@ class Reconciler:
         if sent:
             metrics.NOTIFICATIONS.labels(type=kind).inc()
             if final:
-                kopf.info(body, reason="Notified", message=f"final notification sent: {kind}")
+                kopf.event(body, type="Normal", reason="Notified", message=f"final notification sent: {kind}")
         notified = dict(status.get("notified") or {})
         if final:
             notified["final"] = kind
@@ -425,7 +432,7 @@ class Reconciler:
         job_name = status.get("jobName") or jobs.job_name(meta["name"], meta.get("uid"))
         try:
             if await self.kube.delete(Kube.jobs_path(ns, job_name), propagation="Background"):
-                kopf.info(body, reason="Cancelled", message=f"Job {job_name} deleted with its pods")
+                kopf.event(body, type="Normal", reason="Cancelled", message=f"Job {job_name} deleted with its pods")
         except KubeError as exc:
             logger.warning("could not delete Job %s: %s", job_name, exc)
         if status.get("phase") in api.FINAL_PHASES:

@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             v = info.video
             why = "already compliant" if plan.copy_video else ", ".join(plan.why_encode)
             if json_out:
-                json_out.emit("plan", mode=plan.mode, input=f"{v.width}x{v.height}", output=f"{plan.width}x{plan.height}",
+                json_out.emit("plan", mode=plan.mode, audio=plan.audio_mode, input=f"{v.width}x{v.height}", output=f"{plan.width}x{plan.height}",
                               codec=v.codec, duration=round(info.duration, 3), threads=plan.threads, why=why)
             elif bar:
                 bar.console.print(f"{plan.mode}: {v.codec} {v.width}x{v.height} → h264 {plan.width}x{plan.height} "
-                                  f"({why}; {plan.threads} threads)")
+                                  f"({why}; audio {plan.audio_mode}; {plan.threads} threads)")
 
         result = pipeline.run(options, tracker, on_plan=on_plan)
         video_url = result.video_url

@@ -25,7 +25,6 @@ from lectern_transcoder.probe import AudioStream, Probe, last_line
 from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
 
 COMPLIANT_H264_PROFILES = {"High", "Main", "Constrained Baseline"}
-COPYABLE_AUDIO_CHANNELS = 2
 FPS_TOLERANCE = 0.5
 KILL_GRACE_SECONDS = 2.0
 # ffmpeg messages that mean our command line is wrong (a bug), not the input.
@@ -68,6 +67,14 @@ class Plan:
     def mode(self) -> str:
         return "remux" if self.copy_video else "transcode"
 
+    @property
+    def audio_mode(self) -> str:
+        if self.audio is None:
+            return "none"
+        if self.copy_audio:
+            return "copy"
+        return "encode (parallel)" if self.parallel_audio else "encode"
+
 
 def video_issues(p: Probe, max_height: int) -> list[str]:
     """Why the video stream cannot be copied as it is (an empty list means it can)."""
@@ -99,7 +106,8 @@ def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
     width, height = target_size(dw, dh, max_height)
     issues = video_issues(p, max_height)
     audio = p.default_audio
-    copy_audio = audio is not None and audio.codec == "aac" and audio.channels <= COPYABLE_AUDIO_CHANNELS
+    copy_audio = (audio is not None and audio.codec == "aac" and audio.channels <= profile.AUDIO_CHANNELS
+                  and audio.bit_rate is not None and audio.bit_rate <= profile.AUDIO_COPY_MAX_KBPS * 1000)
     fps = min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)
     return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,
                 threads=max(1, threads), gop=max(1, round(fps * profile.GOP_SECONDS)),
@@ -160,7 +168,7 @@ def argv_audio(pl: Plan, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[s
 
 def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
     return [ffmpeg, *_COMMON, "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
-            "-c", "copy", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", "-y", str(dst)]
+            "-c", "copy", "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
 
 
 def _classify(returncode: int, stderr: bytes, src: Path, what: str) -> TranscodeError:

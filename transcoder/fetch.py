@@ -118,7 +118,13 @@ class Target:
 
 def _host_allowed(host: str, port: int, allowed: tuple[str, ...]) -> bool:
     for entry in allowed:
-        name, _, eport = entry.partition(":") if not entry.startswith("[") else (entry, "", "")
+        if entry.startswith("["):  # [v6]:port or [v6]
+            name, _, rest = entry[1:].partition("]")
+            eport = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") > 1:  # a bare IPv6 address
+            name, eport = entry, ""
+        else:
+            name, _, eport = entry.partition(":")
         if eport:
             if not eport.isdigit() or int(eport) != port:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -180,10 +181,24 @@ def probe(path: Path, ffprobe: str = "ffprobe") -> Probe:
     return parse(data)
 
 
+_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
+_GENERIC = ("Invalid data found when processing input", "Conversion failed!", "Error opening input files")
+
+
 def last_line(stderr: bytes, path: Path | None = None) -> str:
-    """The last meaningful line of ffmpeg/ffprobe stderr, with our temp path taken out."""
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    text = lines[-1] if lines else "unknown error"
-    if path is not None:
-        text = text.replace(str(path) + ": ", "").replace(str(path), "input")
+    """The meaningful end of ffmpeg/ffprobe stderr as one line, with our temp path and the
+    `[mov,mp4 @ 0x55…]` prefixes taken out; when the last line is a generic one ("Invalid data
+    found…"), the specific line before it is kept too ("moov atom not found")."""
+    lines = []
+    for raw in stderr.decode("utf-8", "replace").splitlines():
+        text = _CONTEXT.sub("", raw.strip())
+        if path is not None:
+            text = text.replace(str(path) + ": ", "").replace(str(path), "input")
+        if text and (not lines or lines[-1] != text):
+            lines.append(text)
+    if not lines:
+        return "unknown error"
+    text = lines[-1]
+    if len(lines) > 1 and any(text.startswith(g) for g in _GENERIC):
+        text = f"{lines[-2]} ({text})"
     return text[:300]

@@ -39,3 +39,8 @@ REMUX_MAX_VIDEO_KBPS = 3000
 # on a 2-CPU quota that thread, not x264, limits the speed; a separate process takes the
 # audio off it (the mux afterwards is a copy of a small file).
 PARALLEL_AUDIO = True
+
+# AAC audio within the channel limit is copied, not re-encoded, up to this bitrate: above it a
+# re-encode at AUDIO_BITRATE_KBPS saves real bytes; below it, it would only add a generation
+# of coding loss. (Unknown bitrates, e.g. in Matroska, are re-encoded.)
+AUDIO_COPY_MAX_KBPS = 120

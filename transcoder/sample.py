@@ -64,6 +64,9 @@ def _slides(w: int, h: int, slide_seconds: float) -> list[str]:
 
 
 def filter_graph(w: int, h: int, fps: float, slide_seconds: float = 5.0) -> str:
+    # lavfi's colour sources round odd sizes down; odd test sizes are scaled at the end
+    final = f",scale={w}:{h}" if w % 2 or h % 2 else ""
+    w, h = w + w % 2, h + h % 2
     iw, ih = (w // 4) // 2 * 2, (h // 4) // 2 * 2
     head_w, head_h = max(2, iw // 4), max(2, ih * 2 // 5)
     slides = ",".join(_slides(w, h, slide_seconds))
@@ -75,7 +78,7 @@ def filter_graph(w: int, h: int, fps: float, slide_seconds: float = 5.0) -> str:
         f"[room][body]overlay=x='W/2-w/2+W/16*sin(t*0.7)':y='H-h'[r1];"
         f"[r1][head]overlay=x='W/2-w/2+W/14*sin(t*0.9)':y='H/5+H/30*sin(t*2.3)',noise=alls=8:allf=t[speaker];"
         f"[bg]{slides}[slides];"
-        f"[slides][speaker]overlay=x=W-w-{w // 40}:y=H-h-{h // 30}:shortest=1[v]"
+        f"[slides][speaker]overlay=x=W-w-{w // 40}:y=H-h-{h // 30}:shortest=1{final}[v]"
     )
 
 
@@ -92,7 +95,7 @@ def speech_expr() -> str:
 
 def argv(out: Path, duration: float = 20.0, size: str = "1920x1080", fps: float = 30, *, audio: bool = True,
          audio_tracks: int = 1, video_codec: str = "libx264", pix_fmt: str = "yuv420p", crf: int = 18,
-         preset: str = "veryfast", profile: str | None = None, rotate: int = 0, faststart: bool = False,
+         preset: str = "veryfast", profile: str | None = None, faststart: bool = False,
          audio_codec: str = "aac", audio_bitrate: str = "192k", slide_seconds: float = 5.0,
          extra: list[str] | None = None, ffmpeg: str = "ffmpeg") -> list[str]:
     w, h = (int(x) for x in size.lower().split("x"))
@@ -114,19 +117,33 @@ def argv(out: Path, duration: float = 20.0, size: str = "1920x1080", fps: float 
         cmd += ["-x265-params", "log-level=error", "-tag:v", "hvc1"]
     if audio:
         cmd += ["-c:a", audio_codec, "-b:a", audio_bitrate, "-ac", "2"]
-    if rotate:
-        cmd += ["-metadata:s:v:0", f"rotate={rotate}"]
     if faststart:
         cmd += ["-movflags", "+faststart"]
     return cmd + list(extra or []) + [str(out)]
 
 
-def generate(out: Path, duration: float = 20.0, size: str = "1920x1080", **kw) -> Path:
-    """Write the clip to `out` (any container ffmpeg knows by the extension)."""
-    done = subprocess.run(argv(Path(out), duration, size, **kw), capture_output=True)
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True)
     if done.returncode != 0:
         raise RuntimeError(f"sample generation failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
-    return Path(out)
+
+
+def generate(out: Path, duration: float = 20.0, size: str = "1920x1080", *, rotate: int = 0, **kw) -> Path:
+    """Write the clip to `out` (any container ffmpeg knows by the extension). `rotate` adds
+    display-rotation metadata like a phone's (ffmpeg 5.1 only sets it when stream-copying,
+    hence the second pass)."""
+    out = Path(out)
+    if not rotate:
+        _run(argv(out, duration, size, **kw))
+        return out
+    tmp = out.with_name(f".unrotated-{out.name}")
+    try:
+        _run(argv(tmp, duration, size, **kw))
+        _run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(tmp), "-map", "0",
+              "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}", str(out)])
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def main(args: list[str] | None = None) -> int:

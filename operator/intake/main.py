@@ -16,14 +16,13 @@ import sys
 import time
 
 import redis.asyncio as aioredis
-from bullmq import Worker
 
 from lectern_operator.settings import Settings
 
 from . import resources as res
 from .kube import TranscodeApi, TranscodeCache, api_client
 from .metrics import HealthState, IntakeMetrics, serve
-from .worker import Intake
+from .worker import Intake, IntakeWorker
 
 log = logging.getLogger("lectern.intake")
 
@@ -46,6 +45,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # The API client logs whole request/response bodies at DEBUG: never wanted, and they may
+    # carry tokens.
+    for noisy in ("kubernetes_asyncio", "aiohttp", "asyncio", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
 def worker_options(settings: Settings) -> dict:
@@ -80,14 +83,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, install_sig
     metrics = IntakeMetrics()
     intake = Intake(settings, api, cache, metrics)
 
-    worker = Worker(settings.queue_name, intake.process, worker_options(settings))
+    worker = IntakeWorker(settings.queue_name, intake.process, worker_options(settings))
     intake.worker = worker
+    worker.on("completed", intake.on_completed)
+    worker.on("failed", intake.on_failed)
     worker.on("error", lambda err, *a: log.warning("bullmq: %s: %s", type(err).__name__, err))
     worker.on("stalled", lambda job_id, *a: log.warning("job %s had stalled and was put back in the queue", job_id))
 
     pinger = aioredis.from_url(settings.redis_url.get_secret_value(), socket_timeout=3, socket_connect_timeout=3)
+    run_task: asyncio.Task | None = None
     health = HealthState(ping_redis=pinger.ping, watch_synced=cache.synced.is_set,
-                         worker_running=lambda: worker.running and not worker.closing)
+                         worker_running=lambda: worker.running and not worker.closing,
+                         alive=lambda: run_task is not None and not run_task.done() and not intake.stopping.is_set())
     health.start()
     runners = await serve(health, metrics, settings.health_port, settings.metrics_port)
     log.info("intake on queue %s:%s, namespace %s, concurrency %d, health :%d, metrics :%d",

@@ -32,14 +32,17 @@ class IntakeMetrics:
 
 
 class HealthState:
-    """Liveness: the event loop answers and the worker has not stopped. Readiness: Redis
-    answered a PING recently and the CR watch is synced."""
+    """Liveness: the event loop answers and the worker task has not died (a Redis or API
+    server outage is not a reason to restart the pod: it reconnects by itself). Readiness:
+    Redis answered a PING recently, the CR watch is synced and the worker is fetching jobs."""
 
     def __init__(self, ping_redis: Callable[[], "asyncio.Future"], watch_synced: Callable[[], bool],
-                 worker_running: Callable[[], bool], interval: float = 5.0):
+                 worker_running: Callable[[], bool], alive: Callable[[], bool] | None = None,
+                 interval: float = 5.0):
         self.ping_redis = ping_redis
         self.watch_synced = watch_synced
         self.worker_running = worker_running
+        self.alive = alive or worker_running
         self.interval = interval
         self.redis_ok_at = 0.0
         self.redis_error: str | None = None
@@ -79,7 +82,7 @@ class HealthState:
 async def serve(health: HealthState, metrics: IntakeMetrics, health_port: int, metrics_port: int,
                 host: str = "0.0.0.0") -> list[web.AppRunner]:
     async def healthz(_: web.Request) -> web.Response:
-        ok = health.worker_running()
+        ok = health.alive()
         return web.json_response({"status": "ok" if ok else "stopped"}, status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:

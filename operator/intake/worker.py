@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
-from bullmq import Job
+from bullmq import Job, Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from lectern_operator.api.v1alpha1 import FINAL_PHASES
@@ -42,6 +42,31 @@ from .payload import InvalidPayload, JobPayload, parse_payload
 log = logging.getLogger("lectern.intake")
 
 T = TypeVar("T")
+
+
+class IntakeWorker(Worker):
+    """bullmq's Worker with job fetches taken one at a time.
+
+    The port's run loop starts `concurrency - active` fetches at once whenever a job arrives;
+    unserialised, each is a `moveToActive` Lua call on the one shared Redis connection: with
+    a concurrency of 500 that is a burst of ~500 calls (about a second, during which progress
+    updates and lock renewals queue behind them) for every job that arrives at an idle queue.
+    Serialised, the surplus fetches wait on a lock instead, and the first one to find the
+    queue empty does the blocking wait for the next job, as a single fetch would."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._fetch_lock = asyncio.Lock()
+
+    async def getNextJob(self, token: str):  # noqa: N802 - bullmq's name
+        async with self._fetch_lock:
+            if self.closing or self.paused:
+                return None
+            return await super().getNextJob(token)
+
+
+class InvalidJobData(UnrecoverableError):
+    """The job's data failed validation; nothing was created."""
 
 
 class TranscodeFailed(UnrecoverableError):
@@ -135,29 +160,33 @@ class Intake:
             await self._release(job, token)
         except _Handover:
             raise DelayedError()  # the newer delivery owns the job now; touch nothing in Redis
-        except Superseded as exc:
-            self._failed("superseded", job, exc)
-            raise
-        except TranscodeDeleted as exc:
-            self._failed("deleted", job, exc)
-            raise
-        except TranscodeFailed as exc:
-            self._failed("transcode_failed", job, exc)
-            raise
-        except UnrecoverableError as exc:
-            self._failed("invalid" if str(exc).startswith("invalid job data") else "error", job, exc)
-            raise
-        except Exception as exc:
-            self._failed("error", job, exc)
-            raise
         finally:
             if self.active.get(job.id) is entry:
                 del self.active[job.id]
             self.metrics.active.set(len(self.active))
 
-    def _failed(self, reason: str, job: Job, exc: BaseException) -> None:
+    # Outcomes are counted from the worker's events, i.e. once BullMQ has recorded them (a
+    # completion whose moveToCompleted failed because the lock was lost is not one).
+    @staticmethod
+    def failure_reason(err: BaseException) -> str:
+        if isinstance(err, InvalidJobData):
+            return "invalid"
+        if isinstance(err, Superseded):
+            return "superseded"
+        if isinstance(err, TranscodeDeleted):
+            return "deleted"
+        if isinstance(err, TranscodeFailed):
+            return "transcode_failed"
+        return "error"
+
+    def on_completed(self, job: Job, result: Any, *_: Any) -> None:
+        self.metrics.completed.inc()
+        log.info("job %s completed: %s", job.id, result)
+
+    def on_failed(self, job: Job, err: BaseException, *_: Any) -> None:
+        reason = self.failure_reason(err)
         self.metrics.failed.labels(reason).inc()
-        log.info("job %s failed (%s): %s", job.id, reason, exc)
+        log.info("job %s failed (%s): %s", getattr(job, "id", "?"), reason, err)
 
     async def _process(self, entry: _Active) -> dict:
         job = entry.job
@@ -165,15 +194,12 @@ class Intake:
             payload = parse_payload(job.data, self.allowed_hosts)
         except InvalidPayload as exc:
             self.metrics.invalid.inc()
-            raise UnrecoverableError(str(exc)) from None
+            raise InvalidJobData(str(exc)) from None
         name = res.cr_name(payload.lecture_id, job.id, job.timestamp, self.queue)
         entry.name = name
         obj = await self._ensure(entry, payload, name)
         await self._supersede(entry, payload, name, obj)
-        result = await self._follow(entry, payload, name, obj)
-        self.metrics.completed.inc()
-        log.info("job %s completed: lecture %s -> %s", job.id, payload.lecture_id, result["videoUrl"])
-        return result
+        return await self._follow(entry, payload, name, obj)
 
     # --- create or adopt --------------------------------------------------------------------------
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -185,14 +211,15 @@ class Intake:
                 return await call()
             except KubeError as exc:
                 self.metrics.kube_errors.inc()
-                if not exc.transient or time.monotonic() + delay > deadline or self.stopping.is_set():
-                    if self.stopping.is_set():
-                        raise _Release() from exc
-                    if exc.transient:
-                        raise
-                    raise UnrecoverableError(f"{what}: {exc}") from exc
-                log.warning("%s: %s (retrying in %.1fs)", what, exc, delay)
-                await asyncio.sleep(delay)
+                if self.stopping.is_set():
+                    raise _Release() from exc
+                if not exc.transient:
+                    raise UnrecoverableError(str(exc)) from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise  # the intake's own failure: BullMQ retries it if attempts are left
+                log.warning("%s (retrying in %.1fs)", exc, min(delay, remaining))
+                await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 10.0)
 
     async def _ensure(self, entry: _Active, payload: JobPayload, name: str) -> dict:
@@ -312,6 +339,7 @@ class Intake:
         uid = (obj.get("metadata") or {}).get("uid")
         last_progress = _int_progress(job.progress)
         last_direct = time.monotonic()
+        warned_no_url = False
         while True:
             if entry.handover.is_set():
                 raise _Handover()
@@ -338,7 +366,9 @@ class Intake:
                     if last_progress != 100:
                         await self._relay_progress(job, 100)
                     return {"lectureId": payload.lecture_id, "videoUrl": video_url}
-                log.warning("VideoTranscode %s succeeded without a videoUrl; waiting", name)
+                if not warned_no_url:
+                    warned_no_url = True
+                    log.warning("VideoTranscode %s succeeded without a videoUrl; waiting for it", name)
             elif phase == "Failed":
                 raise TranscodeFailed(status.get("message") or f"transcode failed (VideoTranscode {name})")
             elif progress is not None and progress != last_progress:

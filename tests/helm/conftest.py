@@ -31,7 +31,7 @@ BASE_VALUES: dict = {
 # Values combinations rendered and checked by the tests (name -> values on top of BASE_VALUES).
 SCENARIOS: dict[str, dict] = {
     "defaults": {},
-    "namespaces": {"watchNamespaces": ["media-a", "media-b", "media-c"]},
+    "namespaces": {"watchNamespaces": ["media-a", "media-b", "media-c"], "intake": {"namespace": "media-b"}},
     "peering": {"operator": {"replicas": 2}, "watchNamespaces": ["media-a", "media-b"]},
     "digest": {
         "image": {

@@ -40,9 +40,10 @@ def pod_specs(rendered):
 
 # --- helm lint and the Kubernetes schemas -----------------------------------------------------
 
-def test_helm_lint_strict(helm):
+@pytest.mark.parametrize("scenario", ["defaults", "peering", "networkpolicy", "dev-secrets"])
+def test_helm_lint_strict(helm, scenario):
     proc = helm.run("lint", "--strict", str(CHART), "--namespace", NAMESPACE,
-                    "--values", helm.values_file(BASE_VALUES))
+                    "--values", helm.values_file(deep_merge(BASE_VALUES, SCENARIOS[scenario])))
     assert "0 chart(s) failed" in proc.stdout, proc.stdout + proc.stderr
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
 
@@ -177,18 +178,20 @@ def test_rbac_exactly_what_each_component_needs(render, scenario):
     peering = values.get("operator", {}).get("replicas", 1) > 1
     intake = values.get("intake", {}).get("enabled", True)
     report = values.get("transcode", {}).get("reportProgress", True)
+    intake_ns = values.get("intake", {}).get("namespace") or watched(rendered)[0]
     for ns in watched(rendered):
         expected = {**OPERATOR_NEEDS, **(PEERING_NEEDS if peering else {})}
         assert grants(rendered.one("Role", "-operator", ns)) == expected
-        if intake:
+        if intake and ns == intake_ns:
             assert grants(rendered.one("Role", "-intake", ns)) == INTAKE_NEEDS
-        else:
-            assert not [r for r in rendered.kind("Role") if r["metadata"]["name"].endswith("-intake")]
+        else:  # the intake creates VideoTranscodes in one namespace only
+            assert not [r for r in rendered.kind("Role")
+                        if r["metadata"]["name"].endswith("-intake") and r["metadata"]["namespace"] == ns]
         if report:
             assert grants(rendered.one("Role", "-transcoder", ns)) == TRANSCODER_NEEDS
         for suffix, sa in (("-operator", f"{RELEASE}-operator"), ("-intake", f"{RELEASE}-intake"),
                            ("-transcoder", "lectern-transcoder")):
-            if (suffix == "-intake" and not intake) or (suffix == "-transcoder" and not report):
+            if (suffix == "-intake" and not (intake and ns == intake_ns)) or (suffix == "-transcoder" and not report):
                 continue
             binding = rendered.one("RoleBinding", suffix, ns)
             assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -206,11 +209,11 @@ def test_transcoder_identity_per_namespace(render):
     sas = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in rendered.kind("ServiceAccount")}
     for ns in watched(rendered):
         assert (ns, "lectern-transcoder") in sas
-    # With progress reports off, the transcoder has no Role and no token.
+    # With progress reports off, the transcoder's identity has no permission at all.
     minimal = render("minimal")
     assert not [r for r in minimal.kind("Role") if r["metadata"]["name"].endswith("-transcoder")]
-    sa = minimal.one("ServiceAccount", "lectern-transcoder")
-    assert sa["automountServiceAccountToken"] is False
+    assert not [b for b in minimal.kind("RoleBinding") if b["metadata"]["name"].endswith("-transcoder")]
+    minimal.one("ServiceAccount", "lectern-transcoder")
 
 
 # --- values -> settings (operator/settings.py) ------------------------------------------------
@@ -305,7 +308,7 @@ def test_settings_parse_the_rendered_environment(render, scenario, monkeypatch):
     assert s.standalone is (values["operator"]["replicas"] == 1)
     assert s.intake_shutdown_grace_seconds == values["intake"]["shutdownGraceSeconds"]
     assert s.reconcile_interval_seconds == values["operator"]["reconcileIntervalSeconds"]
-    assert s.intake_namespace is None
+    assert s.intake_namespace == (values["intake"]["namespace"] or None)
     img = values["image"]["transcoder"]
     if img["digest"]:
         assert s.transcoder_image == f"{img['repository']}@{img['digest']}"
@@ -328,6 +331,8 @@ def test_defaults_watch_the_release_namespace(render):
 def test_multiple_namespaces(render):
     rendered = render("namespaces")
     assert configmap(rendered)["LECTERN_NAMESPACES"] == "media-a,media-b,media-c"
+    assert configmap(rendered)["LECTERN_INTAKE_NAMESPACE"] == "media-b"
+    assert [r["metadata"]["namespace"] for r in rendered.kind("Role") if r["metadata"]["name"].endswith("-intake")] == ["media-b"]
     for ns in ("media-a", "media-b", "media-c"):
         rendered.one("Role", "-operator", ns)
         rendered.one("ServiceAccount", "lectern-transcoder", ns)
@@ -621,3 +626,33 @@ def test_chart_metadata():
     assert re.match(r"^>=1\.31", chart["kubeVersion"])
     pyproject = (CHART.parents[1] / "pyproject.toml").read_text()
     assert f'version = "{chart["appVersion"]}"' in pyproject, "appVersion must match the package version"
+
+
+def test_older_clusters_are_refused(helm):
+    """Jobs rely on podFailurePolicy (GA in 1.31): the chart refuses to install on older clusters."""
+    proc = helm.template(BASE_VALUES, "--kube-version", "1.30.9", check=False)
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr, proc.stderr
+    helm.template(BASE_VALUES, "--kube-version", "1.31.0")
+
+
+def test_names_match_the_api_module(render):
+    """The RBAC rules and the NetworkPolicy use the API's own group, plural and pod label."""
+    api = pytest.importorskip("lectern_operator.api.v1alpha1")
+    rendered = render("networkpolicy")
+    groups = {(g, r) for role in rendered.kind("Role") for rule in role["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"] if "videotranscodes" in r}
+    assert groups == {(api.GROUP, api.PLURAL), (api.GROUP, f"{api.PLURAL}/status"),
+                      (api.GROUP, f"{api.PLURAL}/finalizers")}
+    np = rendered.one("NetworkPolicy", "-transcoder", "media-a")
+    assert np["spec"]["podSelector"]["matchExpressions"][0]["key"] == api.LABEL_TRANSCODE
+    # Chart defaults agree with the settings' defaults where both name the same thing.
+    Settings = settings_class()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    defaults = {name: f.default for name, f in Settings.model_fields.items()}
+    assert values["transcode"]["serviceAccount"]["name"] == defaults["transcoder_service_account"]
+    assert values["transcode"]["runAsUser"] == defaults["transcoder_run_as_user"]
+    assert values["cloudinary"]["secretKey"] == defaults["cloudinary_secret_key"]
+    assert values["queue"] == {"name": defaults["queue_name"], "prefix": defaults["queue_prefix"]}
+    assert values["notifications"]["channel"] == defaults["notifications_channel"]
+    assert values["notifications"]["stream"] == defaults["notifications_stream"]
+    assert (values["healthPort"], values["metrics"]["port"]) == (defaults["health_port"], defaults["metrics_port"])

@@ -213,7 +213,8 @@ class IntakeProcess:
         return out
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def kill9(self) -> None:
@@ -280,6 +281,12 @@ class Harness:
         self.intakes.append(intake)
         return intake.wait_ready() if ready else intake
 
+    def start(self, **overrides: Any) -> IntakeProcess:
+        """Intake, producer and QueueEvents listener, started side by side."""
+        intake = self.start_intake(ready=False, **overrides)
+        self.events, self.producer  # noqa: B018 - start the Node processes meanwhile
+        return intake.wait_ready()
+
     # --- playing the operator ---------------------------------------------------------------------
     def transcodes(self, labels: str | None = None) -> list[dict]:
         return self.kube.list("videotranscodes", NAMESPACE, labels=labels)
@@ -334,6 +341,17 @@ def own_redis(tmp_path):
     (tmp_path / "redis").mkdir()
     with RedisServer(workdir=tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture()
+def restart_harness(vt_kube, own_redis, tmp_path, request):
+    h = Harness(vt_kube, own_redis.url, tmp_path)
+    h.redis = own_redis
+    yield h
+    h.close()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for i, intake in enumerate(h.intakes):
+            sys.stderr.write(f"\n----- intake {i} log -----\n{intake.log()[-6000:]}\n")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +44,39 @@ def op_settings(kube, redis_server, mongo_server, request) -> Settings:
 
 
 class Operator:
+    """The operator in its own thread and event loop (kopf cancels every task in its loop that
+    it did not start when it stops, so it must not share the test's loop)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.task: asyncio.Task | None = None
-        self.stop_flag: asyncio.Event | None = None
+        self.thread: threading.Thread | None = None
+        self.stop_flag: threading.Event | None = None
+        self.error: BaseException | None = None
         self.starts = 0
 
+    def _main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(run(self.settings, stop_flag=self.stop_flag, ready_flag=ready))
+        except BaseException as exc:  # pragma: no cover
+            self.error = exc
+            ready.set()
+
     async def start(self) -> None:
-        self.stop_flag, ready = asyncio.Event(), asyncio.Event()
-        self.task = asyncio.create_task(run(self.settings, stop_flag=self.stop_flag, ready_flag=ready))
-        done, _ = await asyncio.wait({self.task, asyncio.ensure_future(ready.wait())}, timeout=15,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            self.task.result()
+        self.stop_flag, ready = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), name=f"operator-{self.starts}", daemon=True)
+        self.thread.start()
+        assert await asyncio.to_thread(ready.wait, 15), "the operator did not become ready"
+        if self.error:
+            raise self.error
         self.starts += 1
 
     async def stop(self) -> None:
-        if self.task is None:
+        if self.thread is None:
             return
         self.stop_flag.set()
-        done, _ = await asyncio.wait({self.task}, timeout=20)
-        if not done:  # pragma: no cover
-            self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self.task = None
+        await asyncio.to_thread(self.thread.join, 30)
+        assert not self.thread.is_alive(), "the operator did not stop"
+        self.thread = None
 
     async def restart(self) -> None:
         await self.stop()
@@ -75,13 +84,50 @@ class Operator:
 
 
 @pytest.fixture
-async def operator(op_settings):
-    op = Operator(op_settings)
-    await op.start()
-    try:
-        yield op
-    finally:
+async def operator_factory(op_settings):
+    """make(**setting_overrides) -> a started Operator (stopped at teardown)."""
+    started: list[Operator] = []
+
+    async def make(**overrides: Any) -> Operator:
+        op = Operator(Settings(**{**dict(op_settings), **overrides}))
+        await op.start()
+        started.append(op)
+        return op
+    yield make
+    for op in started:
         await op.stop()
+
+
+@pytest.fixture
+async def operator(operator_factory):
+    return await operator_factory()
+
+
+def fake_pod(kube, cr_name: str, job: dict, index: int, phase: str = "Running", exit_code: int | None = None,
+             message: str | None = None, conditions: list[dict] | None = None) -> dict:
+    """A pod of `job` as the Job controller + kubelet would leave it (for tests without a kubelet)."""
+    name = f"{job['metadata']['name']}-{index}"
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": NS, "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                             "uid": job["metadata"]["uid"], "controller": True}]},
+        "spec": job["spec"]["template"]["spec"]})
+    state: dict[str, Any] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                "message": message or ""}}
+    status = {"phase": phase, "startTime": f"2026-01-01T00:00:{index:02d}Z", "conditions": conditions or [],
+              "containerStatuses": [{"name": "transcoder", "state": state, "ready": phase == "Running",
+                                     "restartCount": 0, "image": "x", "imageID": "", "started": phase == "Running"}]}
+    return kube.patch("pods", name, {"status": status}, NS, subresource="status")
+
+
+def finish_job(kube, job_name: str, ok: bool = True, reason: str = "BackoffLimitExceeded", message: str = "",
+               failed: int = 1) -> None:
+    cond = [{"type": "Complete" if ok else "Failed", "status": "True",
+             "reason": "Completed" if ok else reason, "message": message}]
+    kube.patch("jobs", job_name, {"status": {"conditions": cond, "succeeded": 1 if ok else 0,
+                                             "failed": 0 if ok else failed, "active": 0}}, NS, subresource="status")
 
 
 @pytest.fixture

@@ -1,52 +1,305 @@
-"""End to end on the stand-ins, Job states set by hand (no kubelet): admission, cap, status."""
+"""The operator end to end on the stand-ins, with Job/pod states set by hand (no kubelet):
+admission and the cap, priority order, status, Lecture, notifications, restart, stale
+transcodes, Mongo down, watchdog, deletion."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
-from tests.operator.conftest import NS, make_cr, phase_is, wait_until
+import pytest
+
+from tests.operator.conftest import NS, fake_pod, finish_job, make_cr, phase_is, wait_until
+from tests.standins.services import MongoServer
+from tests.operator.conftest import ROOT
+
+RAW = "https://res.cloudinary.com/demo/video/upload/{}.mov"
+OUT = "https://res.cloudinary.com/demo/video/upload/out-{}.mp4"
 
 
-def _finish_job(kube, job_name: str, ok: bool = True, reason: str = "BackoffLimitExceeded", message: str = "") -> None:
-    cond = [{"type": "Complete" if ok else "Failed", "status": "True", "reason": reason if not ok else "Completed",
-             "message": message}]
-    kube.patch("jobs", job_name, {"status": {"conditions": cond, "succeeded": 1 if ok else 0, "failed": 0 if ok else 1}},
-               NS, subresource="status")
+def _lecture(lectures, lid: str, status: str = "AWAITING_MEDIA", raw: str | None = None) -> None:
+    lectures.insert_one({"_id": lid, "status": status, "rawVideoUrl": raw or RAW.format(lid)})
+
+
+def _report(kube, name: str, **report) -> None:
+    kube.patch("vt", name, {"status": {"report": report}}, NS, subresource="status")
+
+
+def _succeed(kube, name: str, lid: str) -> None:
+    vt = kube.get("vt", name, NS)
+    kube.wait_for("jobs", vt["status"]["jobName"], NS)  # the Job follows the Running status at once
+    _report(kube, name, stage="done", progress=100, videoUrl=OUT.format(lid), cpuSeconds=30.0,
+            bytesDownloaded=10_000, bytesUploaded=2_000, speed=3.0)
+    finish_job(kube, vt["status"]["jobName"])
+
+
+def _reasons(kube, name: str) -> list[str]:
+    return [e["reason"] for e in kube.events(kube.get("vt", name, NS))]
 
 
 async def test_cap_and_success_flow(kube, operator, lectures, notifications):
     for i in range(3):
-        lectures.insert_one({"_id": f"lec{i}", "status": "AWAITING_MEDIA",
-                             "rawVideoUrl": f"https://res.cloudinary.com/demo/video/upload/lec{i}.mov"})
+        _lecture(lectures, f"lec{i}")
         kube.create(make_cr(f"vt-{i}", f"lec{i}"))
         await asyncio.sleep(0.05)
     await kube.await_for("vt", "vt-0", NS, phase_is("Running"))
     await kube.await_for("vt", "vt-1", NS, phase_is("Running"))
-    vt2 = await kube.await_for("vt", "vt-2", NS, phase_is("Queued"))
+    await kube.await_for("vt", "vt-2", NS, phase_is("Queued"))
     await asyncio.sleep(0.5)
     assert kube.get("vt", "vt-2", NS)["status"]["phase"] == "Queued"
-    jobs = kube.list("jobs", NS)
-    assert len(jobs) == 2
+    assert len(kube.list("jobs", NS)) == 2
     await wait_until(lambda: lectures.find_one({"_id": "lec0"})["status"] == "PROCESSING", what="lecture PROCESSING")
-    vt0 = kube.get("vt", "vt-0", NS)
-    kube.patch("vt", "vt-0", {"status": {"report": {"stage": "encoding", "progress": 40, "cpuSeconds": 12.5,
-                                                    "bytesDownloaded": 1000, "speed": 2.5}}}, NS, subresource="status")
+    _report(kube, "vt-0", stage="encoding", progress=40, cpuSeconds=12.5, bytesDownloaded=1000, speed=2.5)
     await kube.await_for("vt", "vt-0", NS, lambda o: o["status"].get("progress") == 40)
     await wait_until(lambda: notifications.of("lec0", "progress"), what="progress notification")
-    kube.patch("vt", "vt-0", {"status": {"report": {"stage": "done", "progress": 100, "bytesUploaded": 500,
-                                                    "videoUrl": "https://res.cloudinary.com/demo/video/upload/out.mp4"}}},
-               NS, subresource="status")
-    _finish_job(kube, vt0["status"]["jobName"])
+    assert notifications.of("lec0", "progress")[-1]["progress"] == 40
+    _succeed(kube, "vt-0", "lec0")
     done = await kube.await_for("vt", "vt-0", NS, phase_is("Succeeded"))
     st = done["status"]
-    assert st["videoUrl"] == "https://res.cloudinary.com/demo/video/upload/out.mp4" and st["progress"] == 100
-    assert st["cost"]["cpuSeconds"] == 12.5 and st["cost"]["bytesUploaded"] == 500 and st["cost"]["speed"] == 2.5
-    await kube.await_for("vt", "vt-2", NS, phase_is("Running"))
+    assert st["videoUrl"] == OUT.format("lec0") and st["progress"] == 100 and st["message"] == "ready"
+    assert st["cost"]["cpuSeconds"] == 30.0 and st["cost"]["bytesUploaded"] == 2000 and st["cost"]["speed"] == 3.0
+    assert st["cost"]["wallSeconds"] >= 0 and st["completedAt"] and st["startedAt"] and st["queuedAt"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Complete"] == "True"
+    await kube.await_for("vt", "vt-2", NS, phase_is("Running"))  # the freed slot is taken
     await wait_until(lambda: lectures.find_one({"_id": "lec0"})["status"] == "READY", what="lecture READY")
-    assert lectures.find_one({"_id": "lec0"})["videoUrl"] == st["videoUrl"]
+    assert lectures.find_one({"_id": "lec0"})["videoUrl"] == OUT.format("lec0")
     await wait_until(lambda: notifications.of("lec0", "ready"), what="ready notification")
     kinds = [m["type"] for m in notifications.of("lec0")]
     assert kinds[0] == "processing" and kinds[-1] == "ready" and kinds.count("ready") == 1
-    reasons = [e["reason"] for e in kube.events(done)]
+    ready = notifications.of("lec0", "ready")[0]
+    assert ready == {"userId": "inst-1", "type": "ready", "message": ready["message"], "lectureId": "lec0",
+                     "videoUrl": OUT.format("lec0"), "progress": 100}
     for r in ("Queued", "Started", "LectureUpdated", "Succeeded", "Notified"):
-        assert r in reasons, reasons
+        await wait_until(lambda: r in _reasons(kube, "vt-0"), what=f"{r} event")
+    # kopf's bookkeeping lives in annotations, not in status
+    assert "kopf" not in st
+    # finals also land in the capped stream for a Socket.IO server that was down
+    import redis
+    r = redis.Redis.from_url(operator.settings.redis_url.get_secret_value())
+    stream = [json.loads(e[1][b"data"]) for e in r.xrange(operator.settings.notifications_stream)]
+    assert [m["type"] for m in stream if m["lectureId"] == "lec0"] == ["ready"]
+
+
+async def test_unusable_input_fails_without_retry(kube, operator, lectures, notifications):
+    _lecture(lectures, "bad")
+    kube.create(make_cr("vt-bad", "bad"))
+    vt = await kube.await_for("vt", "vt-bad", NS, phase_is("Running"))
+    job = await kube.await_for("jobs", vt["status"]["jobName"], NS)
+    fake_pod(kube, "vt-bad", job, 0, phase="Failed", exit_code=65,
+             message=json.dumps({"exitCode": 65, "reason": "no video stream in the input"}))
+    finish_job(kube, job["metadata"]["name"], ok=False, reason="PodFailurePolicy",
+               message="Container transcoder for pod lectern/x failed with exit code 65 matching FailJob rule at index 0")
+    vt = await kube.await_for("vt", "vt-bad", NS, phase_is("Failed"))
+    assert vt["status"]["message"] == "unusable input: no video stream in the input"
+    assert vt["status"]["attempts"] == 1
+    await wait_until(lambda: lectures.find_one({"_id": "bad"})["status"] == "FAILED", what="lecture FAILED")
+    doc = lectures.find_one({"_id": "bad"})
+    assert doc["rawVideoUrl"] == RAW.format("bad") and "no video stream" in doc["failureReason"]
+    await wait_until(lambda: notifications.of("bad", "failed"), what="failed notification")
+    await asyncio.sleep(0.5)
+    assert len(notifications.of("bad", "failed")) == 1
+    await wait_until(lambda: "Failed" in _reasons(kube, "vt-bad"), what="Failed event")
+
+
+async def test_disruption_is_a_retry_not_a_failure(kube, operator, lectures, notifications):
+    _lecture(lectures, "dis")
+    kube.create(make_cr("vt-dis", "dis"))
+    vt = await kube.await_for("vt", "vt-dis", NS, phase_is("Running"))
+    job = await kube.await_for("jobs", vt["status"]["jobName"], NS)
+    fake_pod(kube, "vt-dis", job, 0, phase="Failed", exit_code=143, message="",
+             conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}])
+    fake_pod(kube, "vt-dis", job, 1, phase="Running")
+    vt = await kube.await_for("vt", "vt-dis", NS, lambda o: o["status"].get("attempts") == 2)
+    assert vt["status"]["phase"] == "Running"
+    await wait_until(lambda: "Retrying" in _reasons(kube, "vt-dis"), what="Retrying event")
+    _succeed(kube, "vt-dis", "dis")
+    await kube.await_for("vt", "vt-dis", NS, phase_is("Succeeded"))
+    await wait_until(lambda: lectures.find_one({"_id": "dis"})["status"] == "READY", what="lecture READY")
+
+
+@pytest.mark.parametrize("cap", [1])
+async def test_priority_then_fifo(kube, operator_factory, lectures, cap):
+    await operator_factory(max_concurrent=cap)
+    _lecture(lectures, "block")
+    kube.create(make_cr("vt-block", "block"))
+    await kube.await_for("vt", "vt-block", NS, phase_is("Running"))
+    order = [("vt-low", 0), ("vt-high-a", 10), ("vt-mid", 5), ("vt-high-b", 10)]
+    for name, prio in order:
+        _lecture(lectures, name)
+        kube.create(make_cr(name, name, priority=prio))
+        await kube.await_for("vt", name, NS, phase_is("Queued"))
+        await asyncio.sleep(1.05)  # creationTimestamp has one-second resolution, as in a real API server
+    started = []
+    current = "vt-block"
+    for _ in order:
+        _succeed(kube, current, current)
+        await kube.await_for("vt", current, NS, phase_is("Succeeded"))
+        nxt = await wait_until(lambda: [n for n, _ in order if n not in started
+                                        and kube.get("vt", n, NS)["status"]["phase"] == "Running"], what="next admitted")
+        assert len(nxt) == 1, nxt  # never more than the cap
+        started.append(nxt[0])
+        current = nxt[0]
+    assert started == ["vt-high-a", "vt-high-b", "vt-mid", "vt-low"]
+
+
+async def test_operator_restart_mid_flight(kube, operator, lectures, notifications):
+    for i in range(3):
+        _lecture(lectures, f"r{i}")
+        kube.create(make_cr(f"vt-r{i}", f"r{i}"))
+        await asyncio.sleep(0.05)
+    await kube.await_for("vt", "vt-r0", NS, phase_is("Running"))
+    await kube.await_for("vt", "vt-r1", NS, phase_is("Running"))
+    await kube.await_for("vt", "vt-r2", NS, phase_is("Queued"))
+    await wait_until(lambda: lectures.find_one({"_id": "r0"})["status"] == "PROCESSING", what="PROCESSING")
+    await operator.stop()
+    jobs_before = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
+    _succeed(kube, "vt-r0", "r0")                   # finishes while the operator is down
+    kube.close_watches()                            # and the API server restarts too
+    await operator.start()
+    await kube.await_for("vt", "vt-r0", NS, phase_is("Succeeded"))
+    await kube.await_for("vt", "vt-r2", NS, phase_is("Running"))   # the slot is given after the restart
+    await wait_until(lambda: notifications.of("r0", "ready"), what="ready")
+    # restart again after the final: nothing is sent twice
+    await operator.restart()
+    await asyncio.sleep(1.5)
+    assert len(notifications.of("r0", "ready")) == 1
+    assert len(notifications.of("r0", "processing")) == 1
+    assert len(notifications.of("r1", "processing")) == 1
+    jobs_after = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
+    assert len(jobs_after) == 3 and set(jobs_before) <= set(jobs_after)  # no duplicate Job
+    running = [v for v in kube.list("vt", NS) if v["status"]["phase"] == "Running"]
+    assert len(running) == 2
+    assert _reasons(kube, "vt-r1").count("Started") == 1
+
+
+async def test_final_notification_once_when_operator_dies_after_sending(kube, operator, lectures, notifications):
+    """The status write recording the notification is lost: the Redis marker still stops a second send."""
+    _lecture(lectures, "once")
+    kube.create(make_cr("vt-once", "once"))
+    await kube.await_for("vt", "vt-once", NS, phase_is("Running"))
+    _succeed(kube, "vt-once", "once")
+    await kube.await_for("vt", "vt-once", NS, lambda o: (o["status"].get("notified") or {}).get("final") == "ready")
+    await operator.stop()
+    kube.patch("vt", "vt-once", {"status": {"notified": {"final": None}}}, NS, subresource="status")
+    await operator.start()
+    await kube.await_for("vt", "vt-once", NS, lambda o: (o["status"].get("notified") or {}).get("final") == "ready")
+    await asyncio.sleep(0.5)
+    assert len(notifications.of("once", "ready")) == 1
+
+
+async def test_stale_transcode_never_overwrites_a_newer_upload(kube, operator, lectures, notifications):
+    _lecture(lectures, "stale")
+    kube.create(make_cr("vt-stale", "stale"))
+    await kube.await_for("vt", "vt-stale", NS, phase_is("Running"))
+    await wait_until(lambda: lectures.find_one({"_id": "stale"})["status"] == "PROCESSING", what="PROCESSING")
+    newer = "https://res.cloudinary.com/demo/video/upload/stale-v2.mov"
+    lectures.update_one({"_id": "stale"}, {"$set": {"rawVideoUrl": newer, "status": "PROCESSING"}})  # new upload
+    _succeed(kube, "vt-stale", "stale")
+    vt = await kube.await_for("vt", "vt-stale", NS, lambda o: (o["status"].get("lecture") or {}).get("superseded"))
+    assert vt["status"]["phase"] == "Succeeded"
+    cond = {c["type"]: c for c in vt["status"]["conditions"]}["LectureSynced"]
+    assert cond["status"] == "False" and cond["reason"] == "Superseded"
+    doc = lectures.find_one({"_id": "stale"})
+    assert doc["rawVideoUrl"] == newer and doc["status"] == "PROCESSING" and "videoUrl" not in doc
+    await asyncio.sleep(0.5)
+    assert not notifications.of("stale", "ready") and not notifications.of("stale", "failed")
+    await wait_until(lambda: "LectureSuperseded" in _reasons(kube, "vt-stale"), what="LectureSuperseded event")
+
+
+async def test_mongo_down_then_up(kube, operator_factory, lectures, notifications, tmp_path):
+    mongo = MongoServer(workdir=tmp_path)
+    mongo.start()
+    try:
+        import pymongo
+        coll = pymongo.MongoClient(mongo.url)["lectern"]["lectures"]
+        coll.insert_one({"_id": "mdown", "status": "AWAITING_MEDIA", "rawVideoUrl": RAW.format("mdown")})
+        await operator_factory(mongo_url=mongo.url, mongo_db="lectern", mongo_collection="lectures")
+        kube.create(make_cr("vt-mdown", "mdown"))
+        await kube.await_for("vt", "vt-mdown", NS, phase_is("Running"))
+        await wait_until(lambda: coll.find_one({"_id": "mdown"})["status"] == "PROCESSING", what="PROCESSING")
+        mongo.stop()
+        _succeed(kube, "vt-mdown", "mdown")
+        vt = await kube.await_for("vt", "vt-mdown", NS, lambda o: (o["status"].get("lecture") or {}).get("pending") == "READY",
+                                  timeout=15)
+        assert vt["status"]["phase"] == "Succeeded"
+        cond = {c["type"]: c for c in vt["status"]["conditions"]}["LectureSynced"]
+        assert cond["status"] == "False" and cond["reason"] == "MongoUnavailable"
+        await wait_until(lambda: "LectureUnavailable" in _reasons(kube, "vt-mdown"), what="LectureUnavailable event")
+        await asyncio.sleep(1.0)
+        assert not notifications.of("mdown", "ready")  # the notification waits for the Lecture
+        mongo.start()
+        vt = await kube.await_for("vt", "vt-mdown", NS, lambda o: (o["status"].get("lecture") or {}).get("applied") == "READY",
+                                  timeout=20)
+        cond = {c["type"]: c for c in vt["status"]["conditions"]}["LectureSynced"]
+        assert cond["status"] == "True"
+        doc = coll.find_one({"_id": "mdown"})
+        assert doc["status"] == "READY" and doc["videoUrl"] == OUT.format("mdown")
+        await wait_until(lambda: notifications.of("mdown", "ready"), what="ready after Mongo is back")
+        assert len(notifications.of("mdown", "ready")) == 1
+    finally:
+        mongo.stop()
+
+
+async def test_watchdog_deletes_a_stalled_pod(kube, operator_factory, lectures):
+    await operator_factory(stall_timeout_seconds=1.0)
+    _lecture(lectures, "hung")
+    kube.create(make_cr("vt-hung", "hung"))
+    vt = await kube.await_for("vt", "vt-hung", NS, phase_is("Running"))
+    job = await kube.await_for("jobs", vt["status"]["jobName"], NS)
+    pod = fake_pod(kube, "vt-hung", job, 0, phase="Running")
+    _report(kube, "vt-hung", stage="encoding", progress=12)
+    await kube.await_for("pods", pod["metadata"]["name"], NS,
+                         lambda o: o is None or o["metadata"].get("deletionTimestamp"), timeout=8)
+    vt = await kube.await_for("vt", "vt-hung", NS, lambda o: o["status"].get("stalls") == 1)
+    await wait_until(lambda: "Stalled" in _reasons(kube, "vt-hung"), what="Stalled event")
+    assert vt["status"]["phase"] == "Running"
+
+
+async def test_deleting_a_running_transcode(kube, operator, lectures, notifications):
+    _lecture(lectures, "del")
+    _lecture(lectures, "delq", status="READY")
+    kube.create(make_cr("vt-del", "del"))
+    vt = await kube.await_for("vt", "vt-del", NS, phase_is("Running"))
+    await wait_until(lambda: lectures.find_one({"_id": "del"})["status"] == "PROCESSING", what="PROCESSING")
+    job_name = vt["status"]["jobName"]
+    kube.delete("vt", "vt-del", NS)
+    await kube.await_for("vt", "vt-del", NS, lambda o: o is None)
+    await kube.await_for("jobs", job_name, NS, lambda o: o is None)
+    doc = lectures.find_one({"_id": "del"})
+    assert doc["status"] == "FAILED" and doc["failureReason"] == "transcode cancelled"
+    assert doc["rawVideoUrl"] == RAW.format("del")
+    await wait_until(lambda: notifications.of("del", "failed"), what="failed notification")
+
+
+async def test_deleting_a_queued_transcode_leaves_the_lecture(kube, operator_factory, lectures):
+    await operator_factory(max_concurrent=1)
+    _lecture(lectures, "a")
+    _lecture(lectures, "b", status="READY")
+    kube.create(make_cr("vt-a", "a"))
+    await kube.await_for("vt", "vt-a", NS, phase_is("Running"))
+    kube.create(make_cr("vt-b", "b"))
+    await kube.await_for("vt", "vt-b", NS, phase_is("Queued"))
+    kube.delete("vt", "vt-b", NS)
+    await kube.await_for("vt", "vt-b", NS, lambda o: o is None)
+    assert lectures.find_one({"_id": "b"})["status"] == "READY"
+
+
+async def test_kubectl_apply_sample_and_invalid_refused(kube, operator, lectures, kubectl):
+    """What a person types: the valid sample is accepted and shows up with the printer
+    columns; the invalid one is refused by the API server (schema), not by the operator."""
+    out = kubectl("apply", "--validate=false", "-n", NS, "-f", str(ROOT / "examples" / "videotranscode.yaml"))
+    assert "created" in out.stdout
+    name = "lecture-65f1c2a9e4b0c3d2a1f00001"
+    await kube.await_for("vt", name, NS, phase_is("Running"))
+    table = kubectl("get", "vt", "-n", NS, "-o", "wide").stdout
+    header = table.splitlines()[0].split()
+    assert header[:6] == ["NAME", "LECTURE", "PHASE", "PROGRESS", "ATTEMPTS", "AGE"], table
+    assert "JOB" in header and "Running" in table
+    bad = kubectl("apply", "--validate=false", "-n", NS, "-f", str(ROOT / "examples" / "invalid-videotranscode.yaml"),
+                  check=False)
+    assert bad.returncode != 0 and "Invalid" in bad.stderr, bad.stderr
+    for field in ("spec.lectureId", "spec.rawVideoUrl", "spec.priority"):
+        assert field in bad.stderr, bad.stderr
+    assert kube.get("vt", "broken-transcode", NS) is None
+    described = kubectl("describe", "vt", name, "-n", NS).stdout
+    assert "Started" in described and "Queued" in described

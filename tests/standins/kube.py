@@ -103,6 +103,33 @@ class ApiError(Exception):
         return body
 
 
+def human_age(ts: str | None) -> str | None:
+    """k8s.io/apimachinery duration.HumanDuration of now - ts, as the server's table printers."""
+    if not ts:
+        return "<unknown>"
+    then = datetime.datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+    secs = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    if secs < -1:
+        return "<invalid>"
+    secs = max(secs, 0)
+    if secs < 120:
+        return f"{secs}s"
+    mins, hours = secs // 60, secs // 3600
+    if mins < 10:
+        return f"{mins}m{secs % 60}s" if secs % 60 else f"{mins}m"
+    if mins < 180:
+        return f"{mins}m"
+    if hours < 8:
+        return f"{hours}h{mins % 60}m" if mins % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d{hours % 24}h" if hours % 24 else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    return f"{hours // (24 * 365)}y"
+
+
 def now_iso(offset: float = 0) -> str:
     t = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=offset)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -504,6 +531,164 @@ def invalid(rt: ResType, name: str, causes: list[dict]) -> ApiError:
 
 
 # ---------------------------------------------------------------------------------------------
+# Built-in defaulting and validation (the bits of the real registry strategies Lectern meets).
+
+
+def builtin_defaults(rt: ResType, obj: dict, old: dict | None = None) -> dict:
+    if rt.custom:
+        return obj
+    if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions") and (causes := crd_causes(obj)):
+        raise invalid(rt, obj["metadata"].get("name", ""), causes)
+    if rt.key == ("", "secrets") and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for k, v in (obj.pop("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+    if rt.key == ("", "pods"):
+        _default_pod_spec(obj.setdefault("spec", {}))
+    if rt.key == ("batch", "jobs"):
+        name, meta, spec = obj["metadata"]["name"], obj["metadata"], obj.setdefault("spec", {})
+        if old is None:
+            uid = meta["uid"]
+            if not spec.get("manualSelector"):
+                spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+                labels = spec.setdefault("template", {}).setdefault("metadata", {}).setdefault("labels", {})
+                labels.update({"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+                               "controller-uid": uid, "job-name": name})
+        spec.setdefault("backoffLimit", 6)
+        spec.setdefault("completions", 1)
+        spec.setdefault("parallelism", 1)
+        spec.setdefault("completionMode", "NonIndexed")
+        spec.setdefault("suspend", False)
+        spec.setdefault("podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")
+        _default_pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
+        causes = _job_causes(spec)
+        if old is not None:
+            for field in ("selector", "template", "completions", "completionMode", "podFailurePolicy", "backoffLimitPerIndex"):
+                if field in ("template",) and old["spec"].get("suspend") and spec.get(field) != old["spec"].get(field):
+                    continue  # a suspended Job's template may change
+                if spec.get(field) != old["spec"].get(field):
+                    causes.append({"reason": "FieldValueInvalid", "field": f"spec.{field}", "message": "Invalid value: field is immutable"})
+        if causes:
+            raise invalid(rt, name, causes)
+    return obj
+
+
+_JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
+
+
+def structural_causes(schema: Any, path: str, in_junctor: bool = False) -> list[dict]:
+    """The API server's structural-schema rules for CRDs (non-structural CRDs are refused):
+    every specified node has a `type` (unless int-or-string / preserve-unknown-fields), and
+    `type`/`nullable`/`default`/`description`/`additionalProperties` never appear inside
+    allOf/anyOf/oneOf/not (value validations), whose fields must also exist outside them."""
+    causes: list[dict] = []
+    if not isinstance(schema, dict):
+        return causes
+    int_or_string = schema.get("x-kubernetes-int-or-string")
+    if in_junctor:
+        for key in ("type", "nullable", "default", "description", "additionalProperties"):
+            if key in schema:
+                causes.append({"reason": "FieldValueForbidden", "field": f"{path}.{key}", "message": "Forbidden: must be empty to be structural"})
+    elif not schema.get("type") and not int_or_string and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        causes.append({"reason": "FieldValueRequired", "field": f"{path}.type", "message": "Required value: must not be empty for specified object fields"})
+    for name, sub in (schema.get("properties") or {}).items():
+        causes += structural_causes(sub, f"{path}.properties[{name}]", in_junctor)
+    if isinstance(schema.get("items"), dict):
+        causes += structural_causes(schema["items"], f"{path}.items", in_junctor)
+    if isinstance(schema.get("additionalProperties"), dict):
+        causes += structural_causes(schema["additionalProperties"], f"{path}.additionalProperties", in_junctor)
+    for junctor in _JUNCTORS:
+        branches = schema.get(junctor)
+        branches = [branches] if isinstance(branches, dict) else branches or []
+        for i, branch in enumerate(branches):
+            where = f"{path}.{junctor}" + (f"[{i}]" if junctor != "not" else "")
+            if int_or_string and junctor == "anyOf" and branch in ({"type": "integer"}, {"type": "string"}):
+                continue
+            causes += structural_causes(branch, where, True)
+            for name in (branch.get("properties") or {}) if isinstance(branch, dict) else ():
+                if name not in (schema.get("properties") or {}):
+                    causes.append({"reason": "FieldValueRequired", "field": f"{where}.properties[{name}]",
+                                   "message": "Required value: must be specified outside of value validation"})
+    return causes
+
+
+def crd_causes(crd: dict) -> list[dict]:
+    spec, causes = crd.get("spec", {}), []
+    names = spec.get("names", {})
+    expected = f"{names.get('plural')}.{spec.get('group')}"
+    if crd["metadata"].get("name") != expected:
+        causes.append({"reason": "FieldValueInvalid", "field": "metadata.name",
+                       "message": f'Invalid value: "{crd["metadata"].get("name")}": must be spec.names.plural+"."+spec.group'})
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append({"reason": "FieldValueNotSupported", "field": "spec.scope", "message": f'Unsupported value: {json.dumps(spec.get("scope"))}: supported values: "Cluster", "Namespaced"'})
+    for field in ("plural", "kind"):
+        if not names.get(field):
+            causes.append({"reason": "FieldValueRequired", "field": f"spec.names.{field}", "message": "Required value"})
+    versions = spec.get("versions") or []
+    if sum(1 for v in versions if v.get("storage")) != 1:
+        causes.append({"reason": "FieldValueInvalid", "field": "spec.versions", "message": "Invalid value: must have exactly one version marked as storage version"})
+    for i, v in enumerate(versions):
+        schema = (v.get("schema") or {}).get("openAPIV3Schema")
+        if schema is None:
+            causes.append({"reason": "FieldValueRequired", "field": f"spec.versions[{i}].schema.openAPIV3Schema", "message": "Required value: schemas are required"})
+        else:
+            causes += structural_causes(schema, f"spec.versions[{i}].schema.openAPIV3Schema")
+    return causes
+
+
+def _default_pod_spec(spec: dict) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        c.setdefault("imagePullPolicy", "Always" if str(c.get("image", "")).endswith(":latest") or ":" not in str(c.get("image", "")) else "IfNotPresent")
+
+
+def _job_causes(spec: dict) -> list[dict]:
+    """The Job validation rules of the real API server that a Job generator can get wrong."""
+    causes = []
+    def bad(field: str, message: str, reason: str = "FieldValueInvalid") -> None:
+        causes.append({"reason": reason, "field": field, "message": message})
+    tpl = spec.get("template", {}).get("spec", {})
+    if tpl.get("restartPolicy") not in ("OnFailure", "Never"):
+        bad("spec.template.spec.restartPolicy", f'Unsupported value: "{tpl.get("restartPolicy")}": supported values: "OnFailure", "Never"', "FieldValueNotSupported")
+    if not tpl.get("containers"):
+        bad("spec.template.spec.containers", "Required value", "FieldValueRequired")
+    for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "parallelism", "completions"):
+        v = spec.get(field)
+        if v is not None and (not isinstance(v, int) or v < (1 if field == "activeDeadlineSeconds" else 0)):
+            bad(f"spec.{field}", f"Invalid value: {json.dumps(v)}: must be greater than or equal to {1 if field == 'activeDeadlineSeconds' else 0}")
+    pfp = spec.get("podFailurePolicy")
+    if pfp is not None:
+        if tpl.get("restartPolicy") != "Never":
+            bad("spec.podFailurePolicy", "Invalid value: only \"Never\" is supported when podFailurePolicy is specified")
+        for i, rule in enumerate(pfp.get("rules") or []):
+            f = f"spec.podFailurePolicy.rules[{i}]"
+            if rule.get("action") not in ("FailJob", "FailIndex", "Ignore", "Count"):
+                bad(f"{f}.action", f'Unsupported value: {json.dumps(rule.get("action"))}: supported values: "Count", "FailIndex", "FailJob", "Ignore"', "FieldValueNotSupported")
+            if ("onExitCodes" in rule) == ("onPodConditions" in rule):
+                bad(f, "Invalid value: specifying one of OnExitCodes and OnPodConditions is required")
+            if "onExitCodes" in rule:
+                req = rule["onExitCodes"] or {}
+                if req.get("operator") not in ("In", "NotIn"):
+                    bad(f"{f}.onExitCodes.operator", f'Unsupported value: {json.dumps(req.get("operator"))}: supported values: "In", "NotIn"', "FieldValueNotSupported")
+                values = req.get("values") or []
+                if not values:
+                    bad(f"{f}.onExitCodes.values", "Invalid value: at least one value is required")
+                if req.get("operator") == "In" and 0 in values:
+                    bad(f"{f}.onExitCodes.values[{values.index(0)}]", "Invalid value: 0: must not be 0 for the In operator")
+            for j, cond in enumerate(rule.get("onPodConditions") or []):
+                if cond.get("status") not in ("True", "False", "Unknown"):
+                    bad(f"{f}.onPodConditions[{j}].status", f'Unsupported value: {json.dumps(cond.get("status", ""))}: supported values: "False", "True", "Unknown"', "FieldValueNotSupported")
+                if not cond.get("type"):
+                    bad(f"{f}.onPodConditions[{j}].type", "Required value", "FieldValueRequired")
+    return causes
+
+
+# ---------------------------------------------------------------------------------------------
 # Watches.
 
 
@@ -571,6 +756,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _dependents: dict[str, set[tuple[tuple[str, str], str | None, str]]] = attrs.field(
         factory=lambda: collections.defaultdict(set), init=False)
     graceful_pods: bool = attrs.field(default=False, init=False)  # set by an attached kubelet
+    log_provider: Callable[[str | None, str], str] | None = attrs.field(default=None, init=False)  # pods/log
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _stopping: Any = attrs.field(default=None, init=False)
@@ -627,6 +813,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     @property
     def url(self) -> str:  # type: ignore[override]
+        if self._url is None and self.servers:  # served in-loop: `async with kube, kmock.Server(kube)`
+            return str(self.servers[0].url).rstrip("/")
         if self._url is None:
             raise RuntimeError("the emulator is not started")
         return self._url
@@ -808,6 +996,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 obj.pop("status", None)
             if rt.custom or ("spec" in obj and rt.plural != "namespaces"):
                 meta["generation"] = 1
+            obj = builtin_defaults(rt, obj)
             obj = self._admit(rt, obj, params, warnings)
             if rt.plural == "namespaces" and not rt.group:
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
@@ -878,6 +1067,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                                   "message": "Forbidden: no new finalizers can be added if the object is being deleted, "
                                   f"found new finalizers {json.dumps(sorted(added))}"}])
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            if subresource is None:
+                new = builtin_defaults(rt, new, old)
             new = self._admit(rt, new, params, warnings)
             if "generation" in old["metadata"]:
                 strip = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
@@ -889,7 +1080,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions") and subresource is None:
                 self._register_crd(new)
             meta = new["metadata"]
-            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
                 self._finalize(rt.key, meta.get("namespace"), name)
             return new
 
@@ -960,9 +1151,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if policy == "Orphan":
                 for dep in list(self._dependents.get(meta["uid"], ())):
                     self._orphan(dep, meta["uid"])
-            if meta.get("deletionTimestamp"):
-                return 202, obj
             grace = options.get("gracePeriodSeconds")
+            if meta.get("deletionTimestamp"):
+                if grace == 0 and meta.get("deletionGracePeriodSeconds"):  # shortening the grace period
+                    new = copy.deepcopy(obj)
+                    new["metadata"]["deletionGracePeriodSeconds"] = 0
+                    obj = self._commit(rt.key, "MODIFIED", new, obj)
+                if not obj["metadata"].get("deletionGracePeriodSeconds") and not obj["metadata"].get("finalizers"):
+                    self._finalize(rt.key, meta.get("namespace"), name)
+                    return 200, obj
+                return 202, obj
             pending = bool(meta.get("finalizers")) or (policy == "Foreground" and self._dependents.get(meta["uid"]))
             graceful = (rt.key == ("", "pods") and self.graceful_pods and obj.get("spec", {}).get("nodeName")
                         and obj.get("status", {}).get("phase") not in ("Succeeded", "Failed") and grace != 0)
@@ -1096,20 +1294,39 @@ class KubeEmulator(kmock.KubernetesEmulator):
         w = _Watcher(asyncio.get_running_loop(), asyncio.Queue(), rt.key, ns, labels, fields)
         since = params.get("resourceVersion")
         with self._mutex:
-            if since in (None, "", "0"):
+            if since in (None, "", "0") or params.get("sendInitialEvents") == "true":
                 initial = [{"type": "ADDED", "object": o} for o in self._select(rt, ns, params)]
-            elif int(since) < self._history_floor:
+                if params.get("sendInitialEvents") == "true":  # the watch-list protocol (KEP-3157)
+                    initial.append({"type": "BOOKMARK", "object": {
+                        "kind": rt.kind, "apiVersion": rt.api_version, "metadata": {
+                            "resourceVersion": str(self._rv), "annotations": {"k8s.io/initial-events-end": "true"}}}})
+            elif not since.isdigit() or int(since) < self._history_floor:
                 initial = [{"type": "ERROR", "object": ApiError(410, "Expired", f"too old resource version: {since} ({self._history_floor})").status()}]
             else:
                 initial = [ev for (rv, key, etype, obj, old) in self._history
                            if rv > int(since) and key == rt.key and (ev := w.translate(etype, obj, old))]
             self._watchers.add(w)
+        table = "as=Table" in raw.headers.get("Accept", "")
+        first = True
+
+        def render(ev: dict) -> bytes:
+            nonlocal first
+            obj = ev["object"]
+            if ev["type"] not in ("ERROR", "BOOKMARK"):
+                obj = self._view(rt, obj)
+                if table:  # `kubectl get -w`: every event carries a one-row Table
+                    obj = self._table(rt, [obj], params, {"resourceVersion": obj["metadata"]["resourceVersion"]})
+                    if not first:
+                        obj["columnDefinitions"] = []
+                    first = False
+            return json.dumps({"type": ev["type"], "object": obj}).encode() + b"\n"
+
         resp = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await resp.prepare(raw)
         deadline = time.monotonic() + float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
         try:
             for ev in initial:
-                await resp.write(json.dumps({"type": ev["type"], "object": self._view(rt, ev["object"]) if ev["type"] != "ERROR" else ev["object"]}).encode() + b"\n")
+                await resp.write(render(ev))
                 if ev["type"] == "ERROR":
                     return resp
             while True:
@@ -1120,7 +1337,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     break
                 if ev is _CLOSE:
                     break
-                await resp.write(json.dumps({"type": ev["type"], "object": self._view(rt, ev["object"])}).encode() + b"\n")
+                await resp.write(render(ev))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -1193,7 +1410,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         include = params.get("includeObject", "Metadata")
         rows = []
         for o in objs:
-            row: dict[str, Any] = {"cells": [fn(o) for _, fn in cols]}
+            row: dict[str, Any] = {"cells": [human_age(fn(o)) if c["type"] == "date" else fn(o) for c, fn in cols]}
             if include == "Object":
                 row["object"] = self._view(rt, o)
             elif include == "Metadata":
@@ -1332,6 +1549,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if rt.namespaced is False:
             ns = None
         body: Any = None
+        if raw.headers.get("Content-Type", "").startswith(("application/vnd.kubernetes.protobuf", "application/cbor")):
+            raise ApiError(415, "UnsupportedMediaType", "the emulator speaks JSON only: kubectl's typed commands "
+                           "(create configmap/secret/job, run) send protobuf; use `kubectl apply/create -f` instead")
         if raw.can_read_body or raw.body_exists:
             text = (await raw.read()).decode()
             if text.strip():
@@ -1341,6 +1561,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 except ValueError as e:
                     raise ApiError(400, "BadRequest", f"the body of the request was in an unknown format: {e}") from None
 
+        if raw.method == "GET" and rt.key == ("", "pods") and sub == "log":
+            with self._mutex:
+                self._get(rt, ns, name)
+            text = self.log_provider(ns, name) if self.log_provider else ""
+            return aiohttp.web.Response(text=text or "", content_type="text/plain")
         if raw.method == "GET":
             if params.get("watch") in ("true", "1"):
                 if name:
@@ -1359,6 +1584,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return reply(listing)
         if raw.method == "POST" and name is None:
             return reply(self._create(rt, ns, body, params, warnings), 201)
+        if raw.method == "POST" and rt.key == ("", "pods") and sub == "eviction":
+            self.evict(name, ns)
+            return reply({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, 201)
         if raw.method == "PUT" and name:
             return reply(self._replace(rt, ns, name, body, sub, params, warnings))
         if raw.method == "PATCH" and name:
@@ -1378,6 +1606,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 options.setdefault("gracePeriodSeconds", int(params["gracePeriodSeconds"]))
             if name:
                 code, obj = self._delete(rt, ns, name, options, warnings)
+                if code == 200 and not rt.custom and rt.key not in (("", "pods"), ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")):
+                    # Most built-in registries answer an immediate delete with a Status.
+                    return reply({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                  "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": obj["metadata"]["uid"]}})
                 return reply(self._view(rt, obj), code)
             with self._mutex:
                 victims = self._select(rt, ns, params)
@@ -1418,6 +1650,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if grace is not None:
             options["gracePeriodSeconds"] = grace
         self._delete(rt, namespace, name, options)
+
+    def evict(self, pod: str, namespace: str | None = None) -> None:
+        """What the Eviction API does: DisruptionTarget=True on the pod, then a graceful delete."""
+        rt = self._type("", "v1", "pods")
+        with self._mutex:
+            obj = self._get(rt, namespace, pod)
+            conds = [c for c in obj.get("status", {}).get("conditions", []) if c.get("type") != "DisruptionTarget"]
+            conds.append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                          "message": "Eviction API: evicting", "lastTransitionTime": now_iso()})
+            self._patch(rt, namespace, pod, "application/merge-patch+json", {"status": {"conditions": conds}}, "status", {}, [])
+            self._delete(rt, namespace, pod, {})
 
     def ensure_namespace(self, name: str) -> dict:
         with self._mutex:

@@ -189,7 +189,9 @@ def test_patch_flavours(http: Http) -> None:
     assert code == 200 and p["metadata"]["labels"] == {"b": "2"}
     code, p, _ = http("PATCH", path, {"spec": {"containers": [{"name": "c1", "image": "y"}]}},
                       "application/strategic-merge-patch+json")
-    assert code == 200 and p["spec"]["containers"][0] == {"name": "c1", "image": "y", "env": [{"name": "A", "value": "1"}]}
+    c1 = p["spec"]["containers"][0]
+    assert code == 200 and (c1["image"], c1["env"]) == ("y", [{"name": "A", "value": "1"}])
+    assert c1["terminationMessagePath"] == "/dev/termination-log"  # API-server defaulting
     rv = p["metadata"]["resourceVersion"]
     code, p, _ = http("PATCH", path, [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
                                       {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]}],
@@ -548,3 +550,112 @@ def test_kopf_operator_end_to_end(widgets: KubeEmulator) -> None:
     assert runner.exit_code == 0, runner.output
     assert calls == ["create:w1", "update:w1:green", "delete:w1"]
     assert kube.get("configmaps", "w1-child", "default") is None  # garbage-collected
+
+
+# --- real kubectl / helm against the emulator ------------------------------------------------
+
+def test_kubectl_against_the_emulator(widgets_yaml: tuple[pathlib.Path, pathlib.Path], kubectl: Any, kube: KubeEmulator) -> None:
+    crd_yaml, cr_yaml = widgets_yaml
+    assert "created" in kubectl("apply", "-f", str(crd_yaml)).stdout
+    assert "unchanged" in kubectl("apply", "-f", str(crd_yaml)).stdout
+    assert "created" in kubectl("apply", "--validate=false", "-f", str(cr_yaml)).stdout
+    kube.patch("widgets", "w1", {"status": {"phase": "Running"}}, "default", subresource="status")
+    w = kube.get("widgets", "w1", "default")
+    kube.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "w1.1", "namespace": "default"},
+                 "involvedObject": {"apiVersion": w["apiVersion"], "kind": "Widget", "name": "w1",
+                                    "namespace": "default", "uid": w["metadata"]["uid"]},
+                 "reason": "Started", "message": "transcode started", "type": "Normal",
+                 "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+                 "count": 1, "source": {"component": "lectern"}})
+
+    out = kubectl("get", "wd").stdout.splitlines()
+    assert out[0].split() == ["NAME", "COLOR", "PHASE", "READY", "AGE"]
+    assert out[1].split()[:3] == ["w1", "red", "Running"]
+    wide = kubectl("get", "widgets", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "COLOR", "PHASE", "READY", "SIZE", "AGE"] and wide[1].split()[-2] == "3"
+    assert "w1" in kubectl("get", "lectern", "-A").stdout  # category
+    described = kubectl("describe", "wd", "w1").stdout
+    assert "Phase:  Running" in described and "transcode started" in described and "Started" in described
+
+    bad = cr_yaml.read_text().replace("https://example.com/x", "http://example.com/x").replace("name: w1", "name: bad")
+    proc = kubectl("apply", "--validate=false", "-f", "-", input=bad, check=False)
+    assert proc.returncode != 0 and "spec.url in body should match '^https://'" in proc.stderr
+    proc = kubectl("apply", "-f", "-", input=cr_yaml.read_text().replace("color: red", "color: red\n  typo: 1"), check=False)
+    assert proc.returncode != 0 and 'unknown field "spec.typo"' in proc.stderr  # kubectl's default --validate=strict
+
+    assert "deleted" in kubectl("delete", "wd", "w1").stdout
+    assert kube.get("widgets", "w1", "default") is None
+    assert "No resources found" in kubectl("get", "wd").stderr
+
+
+def test_kubectl_sees_jobs_pods_and_logs(kube: KubeEmulator, kubelet: Any, kubectl: Any) -> None:
+    from tests.standins.kubelet import Kubelet
+    kube.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hello", "namespace": "default"},
+                 "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                     {"name": "c", "image": "busybox", "command": Kubelet.fake(0, stdout="hi from the pod\n")}]}}}})
+    kube.wait_for("batch/v1/jobs", "hello", "default", lambda j: j.get("status", {}).get("succeeded") == 1)
+    jobs = kubectl("get", "jobs").stdout.splitlines()
+    assert jobs[0].split()[:3] == ["NAME", "STATUS", "COMPLETIONS"] and jobs[1].split()[:3] == ["hello", "Complete", "1/1"]
+    pods = kubectl("get", "pods", "-l", "job-name=hello").stdout.splitlines()
+    assert pods[1].split()[2] == "Completed"
+    assert kubectl("logs", "job/hello").stdout == "hi from the pod\n"
+
+
+def test_helm_binary_renders_offline(helm_bin: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    import subprocess
+    from tests.standins.kube_fixtures import tool_env, write_kubeconfig
+    chart = tmp_path / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: demo\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hi\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  g: {{ .Values.greeting }}\n")
+    env = tool_env(write_kubeconfig(tmp_path / "kc", "http://127.0.0.1:9"), tmp_path)
+    out = subprocess.run([str(helm_bin), "template", "r1", str(chart)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "name: r1" in out.stdout and "g: hi" in out.stdout
+
+
+@pytest.fixture()
+def widgets_yaml(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    import yaml
+    crd, cr = tmp_path / "crd.yaml", tmp_path / "cr.yaml"
+    crd.write_text(yaml.safe_dump(WIDGET_CRD))
+    cr.write_text(yaml.safe_dump(widget("w1")))
+    return crd, cr
+
+
+def test_non_structural_crds_are_refused(http: Http) -> None:
+    import copy as _copy
+    crd = _copy.deepcopy(WIDGET_CRD)
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    props["maybe"] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}   # what naive generators emit
+    code, st, _ = http("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert code == 422 and st["reason"] == "Invalid"
+    assert "openAPIV3Schema.properties[spec].properties[maybe].type: Required value" in st["message"]
+    assert "properties[maybe].anyOf[0].type: Forbidden: must be empty to be structural" in st["message"]
+    crd = _copy.deepcopy(WIDGET_CRD)
+    crd["metadata"]["name"] = "wrong.name"
+    code, st, _ = http("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert code == 422 and 'must be spec.names.plural+"."+spec.group' in st["message"]
+
+
+def test_kubectl_watch_and_server_side_apply(widgets_yaml: tuple[pathlib.Path, pathlib.Path], kubectl_bin: pathlib.Path,
+                                             kubectl: Any, kubeconfig: pathlib.Path, kube: KubeEmulator, tmp_path: pathlib.Path) -> None:
+    import subprocess
+    from tests.standins.kube_fixtures import tool_env
+    crd_yaml, cr_yaml = widgets_yaml
+    assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(crd_yaml)).stdout
+    assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(cr_yaml)).stdout
+    watcher = subprocess.Popen([str(kubectl_bin), "get", "wd", "-w"], env=tool_env(kubeconfig, tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        kube.patch("widgets", "w1", {"status": {"phase": "Running"}}, "default", subresource="status")
+        time.sleep(1.0)
+    finally:
+        watcher.terminate()
+        out, _ = watcher.communicate(timeout=10)
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "COLOR", "PHASE"] and lines[-1].split()[:3] == ["w1", "red", "Running"]
+    assert "condition met" in kubectl("wait", "--for=jsonpath={.status.phase}=Running", "wd/w1", "--timeout=5s").stdout

@@ -68,6 +68,11 @@ app.kubernetes.io/part-of: lectern
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace the intake creates VideoTranscodes in: intake.namespace, else the first watched one. */}}
+{{- define "lectern.intake.namespace" -}}
+{{- default (include "lectern.watchNamespaces" . | fromJsonArray | first) .Values.intake.namespace -}}
+{{- end -}}
+
 {{/* Image pull secret names (a list of strings; values may be names or {name: …}). */}}
 {{- define "lectern.imagePullSecretNames" -}}
 {{- $names := list -}}
@@ -144,7 +149,7 @@ app.kubernetes.io/part-of: lectern
 {{- $_ := include "lectern.cloudinary.secretName" . -}}
 {{- end -}}
 
-{{/* Env of the operator and intake containers besides the ConfigMap: the pod identity (kopf peering id). */}}
+{{/* Env of the operator container besides the ConfigMap: its identity among kopf peers. */}}
 {{- define "lectern.podEnv" -}}
 - name: POD_ID
   valueFrom:
