@@ -82,6 +82,11 @@ CONFIGS = {
     "t2d1-vf-crf24-sws2": lectern(crf=24, threads=2, dec_threads=1, scale_extra=":threads=2"),
     "t2-vf-crf28": lectern(crf=28, threads=2),
     "t2-vf-crf24-ssim": lectern(crf=24, threads=2, tune="ssim"),
+    "t2-vf-crf24-dia": lectern(crf=24, threads=2, x264="me=dia:subme=1"),
+    "t2-sf-crf23-mbtree": lectern(preset="superfast", crf=23, threads=2, x264="rc-lookahead=10:mbtree=1"),
+    "t2-sf-crf25-mbtree": lectern(preset="superfast", crf=25, threads=2, x264="rc-lookahead=10:mbtree=1"),
+    "t2-sf-crf24-mbtree-la20": lectern(preset="superfast", crf=24, threads=2, x264="rc-lookahead=20:mbtree=1"),
+    "t1e-sf-crf24-mbtree": lectern(preset="superfast", crf=24, threads=1, dec_threads=2, x264="rc-lookahead=10:mbtree=1"),
 }
 
 

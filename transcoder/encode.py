@@ -168,7 +168,7 @@ def argv_audio(pl: Plan, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[s
 
 def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
     return [ffmpeg, *_COMMON, "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
-            "-c", "copy", "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
+            "-c", "copy", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", "-y", str(dst)]
 
 
 def _classify(returncode: int, stderr: bytes, src: Path, what: str) -> TranscodeError:

@@ -48,6 +48,9 @@ def test_helm_lint_strict(helm, scenario):
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
 
 
+_VALID: set[tuple[str, str]] = set()  # (manifest, version) already validated: scenarios share most objects
+
+
 @pytest.mark.parametrize("scenario", ALL)
 def test_manifests_valid_for_kubernetes(render, scenario):
     rendered = render(scenario)
@@ -55,11 +58,15 @@ def test_manifests_valid_for_kubernetes(render, scenario):
     for doc in rendered.docs:
         if doc["kind"] in ("ServiceMonitor", "KopfPeering"):
             continue  # custom kinds: checked against their own schemas below
+        key = json.dumps(doc, sort_keys=True)
         for version in KUBE_VERSIONS:
+            if (key, version) in _VALID:
+                continue
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc.message}")
+            _VALID.add((key, version))
 
 
 def test_validator_is_not_vacuous(render):

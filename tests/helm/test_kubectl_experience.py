@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import textwrap
 
 import kubernetes_validate
 import pytest
@@ -106,3 +107,40 @@ def test_describe_tells_the_story(cluster):
     status, events = out.split("\nEvents:", 1)
     assert re.search(r"Message:\s+input is not a usable video: no video stream \(exit 65\)", status), status
     assert "Failed" in events and "input is not a usable video" in events, out
+
+
+def _crd_schema() -> dict:
+    path = CHART / "crds" / CRD_FILE
+    if not path.exists():
+        pytest.skip("the VideoTranscode CRD has not been generated yet")
+    return yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _samples_in_docs() -> list[tuple[str, dict]]:
+    out = []
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        doc = yaml.safe_load(block)
+        if isinstance(doc, dict) and doc.get("kind") == "VideoTranscode":
+            out.append(("docs/kubernetes.md", doc))
+    return out
+
+
+def test_the_samples_people_copy_are_valid(helm):
+    """The VideoTranscode in NOTES.txt and in docs/kubernetes.md passes the CRD's schema."""
+    import jsonschema
+
+    from tests.helm.conftest import BASE_VALUES, NAMESPACE, RELEASE
+
+    schema = _crd_schema()
+    proc = helm.run("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                    "--values", helm.values_file(BASE_VALUES))
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    block = re.search(r"cat <<YAML \| kubectl apply -f -\n(.*?)\n\s*YAML\n", notes, re.S).group(1)
+    samples = [("NOTES.txt", yaml.safe_load(textwrap.dedent(block)))] + _samples_in_docs()
+    assert len(samples) >= 2
+    hosts = yaml.safe_load((CHART / "values.yaml").read_text())["media"]["allowedHosts"]
+    for where, doc in samples:
+        jsonschema.Draft7Validator(schema).validate(doc)
+        assert doc["apiVersion"] == "media.lectern.dev/v1alpha1", where
+        assert re.match(r"https://([^/]+)/", doc["spec"]["rawVideoUrl"]).group(1) in hosts, where

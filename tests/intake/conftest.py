@@ -335,6 +335,26 @@ def harness(vt_kube, redis_server, tmp_path, request):
             sys.stderr.write(f"\n----- intake {i} log -----\n{intake.log()[-6000:]}\n")
 
 
+@pytest.fixture(scope="module")
+def shared_harness(redis_server, tmp_path_factory):
+    """One emulator, queue and intake for a whole module of tests that leave no trace on each
+    other (distinct lectures, metrics compared as deltas): process start-up is most of the
+    cost of an intake test."""
+    from tests.standins.kube import running_emulator
+    with running_emulator() as kube:
+        register_crd(kube)
+        h = Harness(kube, redis_server.url, tmp_path_factory.mktemp("intake"))
+        try:
+            h.intake = h.start()
+            yield h
+        except BaseException:
+            for intake in h.intakes:
+                sys.stderr.write(f"\n----- intake log -----\n{intake.log()[-6000:]}\n")
+            raise
+        finally:
+            h.close()
+
+
 @pytest.fixture()
 def own_redis(tmp_path):
     """A Redis of its own (AOF on), for tests that restart it."""

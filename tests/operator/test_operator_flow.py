@@ -37,47 +37,56 @@ def _reasons(kube, name: str) -> list[str]:
     return [e["reason"] for e in kube.events(kube.get("vt", name, NS))]
 
 
+async def _two_running_one_queued(kube, names: list[str]) -> tuple[list[str], str]:
+    """CRs created within the same instant are admitted as the operator sees them: any two."""
+    await wait_until(lambda: sum(kube.get("vt", n, NS).get("status", {}).get("phase") == "Running" for n in names) == 2
+                     and sum(kube.get("vt", n, NS).get("status", {}).get("phase") == "Queued" for n in names) == 1,
+                     what="two Running, one Queued")
+    running = [n for n in names if kube.get("vt", n, NS)["status"]["phase"] == "Running"]
+    queued = next(n for n in names if n not in running)
+    return running, queued
+
+
 async def test_cap_and_success_flow(kube, operator, lectures, notifications):
     for i in range(3):
         _lecture(lectures, f"lec{i}")
         kube.create(make_cr(f"vt-{i}", f"lec{i}"))
-        await asyncio.sleep(0.05)
-    await kube.await_for("vt", "vt-0", NS, phase_is("Running"))
-    await kube.await_for("vt", "vt-1", NS, phase_is("Running"))
-    await kube.await_for("vt", "vt-2", NS, phase_is("Queued"))
+    running, queued = await _two_running_one_queued(kube, ["vt-0", "vt-1", "vt-2"])
     await asyncio.sleep(0.5)
-    assert kube.get("vt", "vt-2", NS)["status"]["phase"] == "Queued"
+    assert kube.get("vt", queued, NS)["status"]["phase"] == "Queued"
     assert len(kube.list("jobs", NS)) == 2
-    await wait_until(lambda: lectures.find_one({"_id": "lec0"})["status"] == "PROCESSING", what="lecture PROCESSING")
-    _report(kube, "vt-0", stage="encoding", progress=40, cpuSeconds=12.5, bytesDownloaded=1000, speed=2.5)
-    await kube.await_for("vt", "vt-0", NS, lambda o: o["status"].get("progress") == 40)
-    await wait_until(lambda: notifications.of("lec0", "progress"), what="progress notification")
-    assert notifications.of("lec0", "progress")[-1]["progress"] == 40
-    _succeed(kube, "vt-0", "lec0")
-    done = await kube.await_for("vt", "vt-0", NS, phase_is("Succeeded"))
+    first = running[0]
+    lid = kube.get("vt", first, NS)["spec"]["lectureId"]
+    await wait_until(lambda: lectures.find_one({"_id": lid})["status"] == "PROCESSING", what="lecture PROCESSING")
+    _report(kube, first, stage="encoding", progress=40, cpuSeconds=12.5, bytesDownloaded=1000, speed=2.5)
+    await kube.await_for("vt", first, NS, lambda o: o["status"].get("progress") == 40)
+    await wait_until(lambda: notifications.of(lid, "progress"), what="progress notification")
+    assert notifications.of(lid, "progress")[-1]["progress"] == 40
+    _succeed(kube, first, lid)
+    done = await kube.await_for("vt", first, NS, phase_is("Succeeded"))
     st = done["status"]
-    assert st["videoUrl"] == OUT.format("lec0") and st["progress"] == 100 and st["message"] == "ready"
+    assert st["videoUrl"] == OUT.format(lid) and st["progress"] == 100 and st["message"] == "ready"
     assert st["cost"]["cpuSeconds"] == 30.0 and st["cost"]["bytesUploaded"] == 2000 and st["cost"]["speed"] == 3.0
     assert st["cost"]["wallSeconds"] >= 0 and st["completedAt"] and st["startedAt"] and st["queuedAt"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Complete"] == "True"
-    await kube.await_for("vt", "vt-2", NS, phase_is("Running"))  # the freed slot is taken
-    await wait_until(lambda: lectures.find_one({"_id": "lec0"})["status"] == "READY", what="lecture READY")
-    assert lectures.find_one({"_id": "lec0"})["videoUrl"] == OUT.format("lec0")
-    await wait_until(lambda: notifications.of("lec0", "ready"), what="ready notification")
-    kinds = [m["type"] for m in notifications.of("lec0")]
+    await kube.await_for("vt", queued, NS, phase_is("Running"))  # the freed slot is taken
+    await wait_until(lambda: lectures.find_one({"_id": lid})["status"] == "READY", what="lecture READY")
+    assert lectures.find_one({"_id": lid})["videoUrl"] == OUT.format(lid)
+    await wait_until(lambda: notifications.of(lid, "ready"), what="ready notification")
+    kinds = [m["type"] for m in notifications.of(lid)]
     assert kinds[0] == "processing" and kinds[-1] == "ready" and kinds.count("ready") == 1
-    ready = notifications.of("lec0", "ready")[0]
-    assert ready == {"userId": "inst-1", "type": "ready", "message": ready["message"], "lectureId": "lec0",
-                     "videoUrl": OUT.format("lec0"), "progress": 100}
+    ready = notifications.of(lid, "ready")[0]
+    assert ready == {"userId": "inst-1", "type": "ready", "message": ready["message"], "lectureId": lid,
+                     "videoUrl": OUT.format(lid), "progress": 100}
     for r in ("Queued", "Started", "LectureUpdated", "Succeeded", "Notified"):
-        await wait_until(lambda: r in _reasons(kube, "vt-0"), what=f"{r} event")
+        await wait_until(lambda: r in _reasons(kube, first), what=f"{r} event")
     # kopf's bookkeeping lives in annotations, not in status
     assert "kopf" not in st
     # finals also land in the capped stream for a Socket.IO server that was down
     import redis
     r = redis.Redis.from_url(operator.settings.redis_url.get_secret_value())
     stream = [json.loads(e[1][b"data"]) for e in r.xrange(operator.settings.notifications_stream)]
-    assert [m["type"] for m in stream if m["lectureId"] == "lec0"] == ["ready"]
+    assert [m["type"] for m in stream if m["lectureId"] == lid] == ["ready"]
 
 
 async def test_unusable_input_fails_without_retry(kube, operator, lectures, notifications):
@@ -143,33 +152,33 @@ async def test_priority_then_fifo(kube, operator_factory, lectures, cap):
 
 
 async def test_operator_restart_mid_flight(kube, operator, lectures, notifications):
+    names = [f"vt-r{i}" for i in range(3)]
     for i in range(3):
         _lecture(lectures, f"r{i}")
         kube.create(make_cr(f"vt-r{i}", f"r{i}"))
-        await asyncio.sleep(0.05)
-    await kube.await_for("vt", "vt-r0", NS, phase_is("Running"))
-    await kube.await_for("vt", "vt-r1", NS, phase_is("Running"))
-    await kube.await_for("vt", "vt-r2", NS, phase_is("Queued"))
-    await wait_until(lambda: lectures.find_one({"_id": "r0"})["status"] == "PROCESSING", what="PROCESSING")
+    (a, b), queued = await _two_running_one_queued(kube, names)
+    lid_a, lid_b = (kube.get("vt", n, NS)["spec"]["lectureId"] for n in (a, b))
+    await wait_until(lambda: lectures.find_one({"_id": lid_a})["status"] == "PROCESSING", what="PROCESSING")
+    await wait_until(lambda: notifications.of(lid_b, "processing"), what="processing")
     await operator.stop()
     jobs_before = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
-    _succeed(kube, "vt-r0", "r0")                   # finishes while the operator is down
+    _succeed(kube, a, lid_a)                        # finishes while the operator is down
     kube.close_watches()                            # and the API server restarts too
     await operator.start()
-    await kube.await_for("vt", "vt-r0", NS, phase_is("Succeeded"))
-    await kube.await_for("vt", "vt-r2", NS, phase_is("Running"))   # the slot is given after the restart
-    await wait_until(lambda: notifications.of("r0", "ready"), what="ready")
+    await kube.await_for("vt", a, NS, phase_is("Succeeded"))
+    await kube.await_for("vt", queued, NS, phase_is("Running"))   # the slot is given after the restart
+    await wait_until(lambda: notifications.of(lid_a, "ready"), what="ready")
     # restart again after the final: nothing is sent twice
     await operator.restart()
     await asyncio.sleep(1.5)
-    assert len(notifications.of("r0", "ready")) == 1
-    assert len(notifications.of("r0", "processing")) == 1
-    assert len(notifications.of("r1", "processing")) == 1
+    assert len(notifications.of(lid_a, "ready")) == 1
+    assert len(notifications.of(lid_a, "processing")) == 1
+    assert len(notifications.of(lid_b, "processing")) == 1
     jobs_after = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
     assert len(jobs_after) == 3 and set(jobs_before) <= set(jobs_after)  # no duplicate Job
     running = [v for v in kube.list("vt", NS) if v["status"]["phase"] == "Running"]
-    assert len(running) == 2
-    assert _reasons(kube, "vt-r1").count("Started") == 1
+    assert sorted(v["metadata"]["name"] for v in running) == sorted([b, queued])
+    assert _reasons(kube, b).count("Started") == 1
 
 
 async def test_final_notification_once_when_operator_dies_after_sending(kube, operator, lectures, notifications):

@@ -104,7 +104,7 @@ def test_upload_retried_after_5xx(emu, raw, run_cli, cli_env):
 
 
 def test_upload_gives_up_as_transient(emu, media, tmp_path):
-    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30)
+    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")
     emu.fail_next(10, status=502, route="upload", body="html")
     with pytest.raises(Transient, match="after 3 attempts"):
         upload_mod.upload(src, "lectures/x/y", attempts=3, backoff_seconds=0.01)
@@ -113,7 +113,7 @@ def test_upload_gives_up_as_transient(emu, media, tmp_path):
 
 def test_cloudinary_output_needs_credentials(run_cli, media, tmp_path, monkeypatch):
     monkeypatch.delenv("CLOUDINARY_URL", raising=False)
-    res = run_cli(str(media("compliant.mp4", size="640x360", preset="veryfast", crf=30)), "cloudinary:a/b")
+    res = run_cli(str(media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")), "cloudinary:a/b")
     assert res.returncode == 70 and "CLOUDINARY_URL is not set" in res.termination["reason"]
     assert not [e for e in res.events if e.get("stage") == "encoding"]  # failed before any work
 

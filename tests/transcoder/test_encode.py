@@ -88,10 +88,9 @@ def test_several_audio_tracks_keeps_the_default_one(media, run_cli, tmp_path):
     info_in = ffprobe(src)
     assert [a["channels"] for a in streams(info_in, "audio")] == [2, 1, 2]
     out = tmp_path / "out.mp4"
-    res = transcode(run_cli, src, out)
+    transcode(run_cli, src, out)
     (a,) = streams(assert_streamable(out), "audio")
     assert a["channels"] == 1
-    assert res.event("plan")["audio"] == "encode (parallel)"
 
 
 def test_tiny_input_is_not_upscaled(media, run_cli, tmp_path):
@@ -103,7 +102,7 @@ def test_tiny_input_is_not_upscaled(media, run_cli, tmp_path):
 
 
 def test_compliant_input_is_remuxed(media, run_cli, tmp_path):
-    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30)
+    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")
     out = tmp_path / "out.mp4"
     res = transcode(run_cli, src, out)
     assert res.event("plan")["mode"] == "remux"
