@@ -66,8 +66,13 @@ class Services:
         self.lectures.close()
 
     async def admit(self, index: Any, *, force: bool = True) -> None:
+        """Never raises: a failed run is retried by the next trigger or the periodic timer."""
         entries = list(index.get("all", ())) if index is not None else []
-        started = await self.admission.admit(entries, force=force)
+        try:
+            started = await self.admission.admit(entries, force=force)
+        except Exception as exc:
+            log.warning("admission failed (retried by the next run): %s", exc)
+            return
         if started:
             log.info("admitted %s", ", ".join(e.name for e in started))
 
@@ -154,7 +159,7 @@ def build_registry(settings: Settings | None = None, services: Services | None =
     def vt_queue(body: kopf.Body, **_: Any) -> dict[str, Entry]:
         return {"all": entry_from_body(body)}
 
-    @kopf.on.create(*RESOURCE, id="queue", registry=reg)
+    @kopf.on.create(*RESOURCE, id="queue", registry=reg, backoff=2)
     async def created(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
                       vt_queue: kopf.Index, **_: Any) -> None:
         path = Kube.vt_path(namespace, name) + "/status"
@@ -182,6 +187,7 @@ def build_registry(settings: Settings | None = None, services: Services | None =
         await svc.admit(vt_queue)
 
     @kopf.timer(*RESOURCE, id="reconcile", interval=s.reconcile_interval_seconds, registry=reg,
+                backoff=max(1.0, 5 * s.reconcile_interval_seconds),
                 when=lambda status, **_: needs_timer(status))
     async def reconcile(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
                         memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger, vt_queue: kopf.Index,
@@ -203,12 +209,23 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             svc.admission.override(namespace, name, new_phase)
             await svc.admit(vt_queue)
 
+    @kopf.on.event(*RESOURCE, id="progress", registry=reg,
+                   when=lambda status, **_: (status or {}).get("phase") == "Running")
+    async def progress(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, logger: logging.Logger,
+                       **_: Any) -> None:
+        """Relay a new progress report at once (the timer also does, at its interval)."""
+        report = status.get("report") or {}
+        value = report.get("progress")
+        if isinstance(value, int) and value != getattr(memo, "last_progress", None):
+            assert svc.reconciler is not None
+            await svc.reconciler.notify_progress(body, {**dict(status), "progress": value}, memo, logger)
+
     @kopf.timer(*RESOURCE, id="admit", interval=s.admit_interval_seconds, registry=reg,
                 when=lambda status, **_: (status or {}).get("phase") == "Queued")
     async def admit_queued(vt_queue: kopf.Index, **_: Any) -> None:
         await svc.admit(vt_queue, force=False)
 
-    @kopf.on.delete(*RESOURCE, id="cancel", registry=reg, retries=30)
+    @kopf.on.delete(*RESOURCE, id="cancel", registry=reg, retries=30, backoff=2)
     async def deleted(body: kopf.Body, name: str, namespace: str, logger: logging.Logger,
                       vt_queue: kopf.Index, **_: Any) -> None:
         assert svc.reconciler is not None

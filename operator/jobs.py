@@ -107,7 +107,6 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             "name": settings.cloudinary_secret_name, "key": settings.cloudinary_secret_key}}},
         {"name": "LECTERN_ALLOWED_HOSTS", "value": ",".join(settings.allowed_hosts)},
         {"name": "LECTERN_MAX_DOWNLOAD_BYTES", "value": str(settings.max_download_bytes)},
-        {"name": "LECTERN_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "TMPDIR", "value": SCRATCH},
         {"name": "HOME", "value": SCRATCH},
         {"name": "PYTHONUNBUFFERED", "value": "1"},

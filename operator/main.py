@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import sys
 from typing import Any
 
@@ -44,8 +45,9 @@ def setup_logging(s: Settings) -> None:
 
 
 def operator_kwargs(s: Settings) -> dict[str, Any]:
+    priority = s.peering_priority if s.peering_priority is not None else random.SystemRandom().randint(1, 2**30)
     return dict(clusterwide=False, namespaces=list(s.namespaces), standalone=s.standalone,
-                peering_name=None if s.standalone else s.peering_name)
+                peering_name=None if s.standalone else s.peering_name, priority=priority)
 
 
 async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None,

@@ -177,13 +177,21 @@ class Reconciler:
         # Lecture -> PROCESSING, and the "processing" notification, once.
         patch.update(await self.sync_lecture(body, status, PROCESSING, logger))
         status.update(patch)
-        if not (status.get("notified") or {}).get("processing"):
+        lecture_state = status.get("lecture") or {}
+        if not (status.get("notified") or {}).get("processing") and lecture_state.get("applied") == PROCESSING \
+                and not lecture_state.get("superseded"):
+            # only once the Lecture says PROCESSING (the client reloads it on a notification)
             patch.update(await self.notify_once(body, status, notify.PROCESSING, logger))
             status.update(patch)
 
         pods = await self.pods_of(ns, name, job_name)
         jstatus = job.get("status") or {}
-        attempts = max(int(status.get("attempts") or 0), len(pods),
+        # Pods come and go (an evicted or deleted one may be gone before we look): count every
+        # pod this operator saw, the Job's counters and the last recorded figure.
+        seen: set[str] = getattr(memo, "pods_seen", None) or set()
+        seen.update(p["metadata"].get("uid") or p["metadata"]["name"] for p in pods)
+        memo.pods_seen = seen
+        attempts = max(int(status.get("attempts") or 0), len(seen),
                        int(jstatus.get("failed") or 0) + int(jstatus.get("succeeded") or 0) + int(jstatus.get("active") or 0))
         if attempts != int(status.get("attempts") or 0):
             patch["attempts"] = attempts
@@ -202,6 +210,10 @@ class Reconciler:
         if isinstance(progress, int) and progress != status.get("progress"):
             patch["progress"] = max(0, min(100, progress))
             patch["progressAt"] = iso(now())
+            stalled = condition(status, api.COND_STALLED)
+            if stalled and stalled.get("status") == "True":
+                patch["conditions"] = set_condition(status.get("conditions"), api.COND_STALLED, "False",
+                                                    "ProgressResumed", f"progress moved to {progress}%")
         elif not status.get("progressAt"):
             patch["progressAt"] = iso(now())
         cost = self.cost_from(report, status)
@@ -329,7 +341,8 @@ class Reconciler:
                 patch.update(await self.notify_once(body, status, notify.READY if target == READY else notify.FAILED, logger))
         return patch
 
-    async def sync_lecture(self, body, status, target: str, logger, reason: str | None = None) -> dict[str, Any]:
+    async def sync_lecture(self, body, status, target: str, logger, reason: str | None = None,
+                           direct: bool = False) -> dict[str, Any]:
         """Bring the Lecture to `target` (guarded); returns the status patch recording it."""
         lecture: dict[str, Any] = dict(status.get("lecture") or {})
         if lecture.get("superseded") or lecture.get("applied") == target:
@@ -341,7 +354,7 @@ class Reconciler:
         lid, raw = spec.get("lectureId"), spec.get("rawVideoUrl")
         conds = status.get("conditions")
         steps = [target]
-        if target != PROCESSING and lecture.get("applied") != PROCESSING:
+        if target != PROCESSING and lecture.get("applied") != PROCESSING and not direct:
             steps = [PROCESSING, target]  # only PROCESSING -> READY|FAILED is allowed
         try:
             for step in steps:
@@ -438,10 +451,12 @@ class Reconciler:
         if status.get("phase") in api.FINAL_PHASES:
             return
         lecture = status.get("lecture") or {}
-        if lecture.get("applied") != PROCESSING or lecture.get("superseded"):
-            return  # never touched the Lecture: leave it as it was
+        if status.get("phase") != "Running" or lecture.get("superseded"):
+            return  # queued: never touched the Lecture, leave it as it was
+        # Running: the Lecture is PROCESSING for this upload (or about to be). The guard
+        # (PROCESSING + same rawVideoUrl) makes this a no-op for anything else.
         status["message"] = "transcode cancelled"
-        patch = await self.sync_lecture(body, status, FAILED, logger, reason="transcode cancelled")
+        patch = await self.sync_lecture(body, status, FAILED, logger, reason="transcode cancelled", direct=True)
         if (patch.get("lecture") or {}).get("pending"):
             raise kopf.TemporaryError("MongoDB unavailable; Lecture not yet marked FAILED", delay=self.settings.lecture_retry_initial_seconds)
         status.update(patch)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # kopf peering: two replicas never both act. `standalone` turns it off (tests, one replica).
     peering_name: str = "lectern"
     standalone: bool = False
+    # kopf pauses *every* peer when two share a priority: unset = a random one per process, so
+    # of two replicas exactly one acts (the other takes over when its peer's lease expires).
+    peering_priority: int | None = None
     watch_timeout_seconds: Annotated[int, Field(ge=1)] = 300
 
     # The transcoder Job.

@@ -65,17 +65,20 @@ def _classify(exc: BaseException, what: str) -> KubeError:
     return KubeError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-async def api_client(api_url: str | None = None) -> client.ApiClient:
+async def api_client(api_url: str | None = None, pool_size: int = 20) -> client.ApiClient:
     """An ApiClient for, in this order: `api_url` (LECTERN_KUBE_API_URL, e.g. a local emulator
-    over plain http without a token), the in-cluster service account, `$KUBECONFIG` / ~/.kube."""
+    over plain http without a token), the in-cluster service account (token re-read as it
+    rotates), `$KUBECONFIG` / ~/.kube/config. At most `pool_size` connections: hundreds of
+    waiting jobs share them (and one long-lived watch)."""
+    cfg = client.Configuration()
     if api_url:
-        cfg = client.Configuration(host=api_url.rstrip("/"))
-        return client.ApiClient(configuration=cfg)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    await config.load_kube_config()
-    return client.ApiClient()
+        cfg.host = api_url.rstrip("/")
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration=cfg)
 
 
 class TranscodeApi:

@@ -150,7 +150,9 @@ class Intake:
         self.active[job.id] = entry
         self.metrics.active.set(len(self.active))
         try:
-            if previous is not None and previous.token != token:
+            # Compared by identity, not token: the port hands every fetch of a worker the
+            # same token (a closure binds the loop variable late).
+            if previous is not None:
                 log.warning("job %s delivered again while still followed here (its lock expired); "
                             "taking over", job.id)
                 previous.handover.set()

@@ -254,12 +254,15 @@ class Harness:
             self._events = Events(self.redis_url, self.queue, self.workdir)
         return self._events
 
-    def intake_env(self, **overrides: Any) -> dict[str, str]:
+    def intake_env(self, kubeconfig: pathlib.Path | None = None, **overrides: Any) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LECTERN_", "KUBE"))}
+        if kubeconfig is not None:  # out-of-cluster, as a person would run it
+            env["KUBECONFIG"] = str(kubeconfig)
+        else:
+            env["LECTERN_KUBE_API_URL"] = self.kube.url
         env.update({
             "LECTERN_REDIS_URL": self.redis_url,
             "LECTERN_QUEUE_NAME": self.queue,
-            "LECTERN_KUBE_API_URL": self.kube.url,
             "LECTERN_NAMESPACES": NAMESPACE,
             "LECTERN_ALLOWED_HOSTS": ALLOWED_HOST,
             "LECTERN_HEALTH_PORT": str(free_port()),
@@ -276,14 +279,14 @@ class Harness:
         env.update({f"LECTERN_{k.upper()}": str(v) for k, v in overrides.items()})
         return env
 
-    def start_intake(self, ready: bool = True, **overrides: Any) -> IntakeProcess:
-        intake = IntakeProcess(self.intake_env(**overrides), self.workdir, len(self.intakes))
+    def start_intake(self, ready: bool = True, kubeconfig: pathlib.Path | None = None, **overrides: Any) -> IntakeProcess:
+        intake = IntakeProcess(self.intake_env(kubeconfig, **overrides), self.workdir, len(self.intakes))
         self.intakes.append(intake)
         return intake.wait_ready() if ready else intake
 
-    def start(self, **overrides: Any) -> IntakeProcess:
+    def start(self, kubeconfig: pathlib.Path | None = None, **overrides: Any) -> IntakeProcess:
         """Intake, producer and QueueEvents listener, started side by side."""
-        intake = self.start_intake(ready=False, **overrides)
+        intake = self.start_intake(ready=False, kubeconfig=kubeconfig, **overrides)
         self.events, self.producer  # noqa: B018 - start the Node processes meanwhile
         return intake.wait_ready()
 
@@ -343,9 +346,11 @@ def shared_harness(redis_server, tmp_path_factory):
     from tests.standins.kube import running_emulator
     with running_emulator() as kube:
         register_crd(kube)
+        from tests.standins.kube_fixtures import write_kubeconfig
         h = Harness(kube, redis_server.url, tmp_path_factory.mktemp("intake"))
         try:
-            h.intake = h.start()
+            # This one finds the API server through a kubeconfig (the others: LECTERN_KUBE_API_URL).
+            h.intake = h.start(kubeconfig=write_kubeconfig(h.workdir / "kubeconfig", kube.url))
             yield h
         except BaseException:
             for intake in h.intakes:

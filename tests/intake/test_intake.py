@@ -156,3 +156,27 @@ def test_starts_without_redis_live_but_not_ready_then_works(restart_harness):
     name = h.cr_for(job_id, timeout=30)["metadata"]["name"]
     h.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
     assert h.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
+
+
+def test_lost_lock_redelivery_to_the_same_intake_hands_over(harness):
+    # The job's lock vanishes (as after a Redis outage longer than the lock): the stalled-job
+    # check puts it back, the same intake takes it again while still following it. The older
+    # delivery must step aside and the newer one keep the lock renewed to the end.
+    import redis
+
+    intake = harness.start(intake_lock_duration_ms=1500, intake_stalled_interval_ms=500)
+    job_id = harness.producer.add(lecture_data(lecture="handover"))
+    name = harness.cr_for(job_id)["metadata"]["name"]
+    harness.set_status(name, phase="Running", progress=10)
+    harness.events.wait(job_id, "progress")
+    r = redis.Redis.from_url(harness.redis_url)
+    r.delete(f"bull:{harness.queue}:{job_id}:lock")
+    harness.events.wait(job_id, "stalled", timeout=15)
+    harness.events.wait(job_id, "active", count=2)
+    time.sleep(3)  # two lock durations: a lock nobody renews would stall the job again
+    harness.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
+    assert harness.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
+    assert len(harness.events.of(job_id, "stalled")) == 1
+    assert harness.events.of(job_id, "failed") == []
+    assert len(harness.transcodes()) == 1
+    assert "taking over" in intake.log()

@@ -312,3 +312,39 @@ async def test_kubectl_apply_sample_and_invalid_refused(kube, operator, lectures
     assert kube.get("vt", "broken-transcode", NS) is None
     described = kubectl("describe", "vt", name, "-n", NS).stdout
     assert "Started" in described and "Queued" in described
+
+
+PEERING_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "kopfpeerings.kopf.dev"},
+    "spec": {"scope": "Namespaced", "group": "kopf.dev",
+             "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "properties": {"status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
+}
+
+
+async def test_two_replicas_never_both_act(kube, operator_factory, lectures, notifications):
+    kube.register_crd(PEERING_CRD)
+    kube.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "lectern", "namespace": NS}})
+    await asyncio.sleep(0.3)
+    first = await operator_factory(standalone=False, peering_name="lectern", peering_priority=2)
+    second = await operator_factory(standalone=False, peering_name="lectern", peering_priority=1)
+    await asyncio.sleep(1.0)
+    for i in range(4):
+        _lecture(lectures, f"p{i}")
+        kube.create(make_cr(f"vt-p{i}", f"p{i}"))
+    await wait_until(lambda: sum(v.get("status", {}).get("phase") == "Running" for v in kube.list("vt", NS)) == 2,
+                     what="two running")
+    await asyncio.sleep(1.0)
+    assert len(kube.list("jobs", NS)) == 2
+    for v in kube.list("vt", NS):
+        assert _reasons(kube, v["metadata"]["name"]).count("Queued") == 1
+    # the active replica goes away: the standby takes over
+    await first.stop()
+    running = [v for v in kube.list("vt", NS) if v["status"]["phase"] == "Running"]
+    _succeed(kube, running[0]["metadata"]["name"], running[0]["spec"]["lectureId"])
+    await kube.await_for("vt", running[0]["metadata"]["name"], NS, phase_is("Succeeded"), timeout=20)
+    await wait_until(lambda: sum(v.get("status", {}).get("phase") == "Running" for v in kube.list("vt", NS)) == 2,
+                     what="slot refilled by the standby", timeout=15)
+    assert len(kube.list("jobs", NS)) == 3

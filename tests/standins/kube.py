@@ -157,6 +157,7 @@ class ResType:
     schema: dict | None = None            # openAPIV3Schema (custom resources only)
     columns: list[dict] | None = None     # additionalPrinterColumns (custom resources only)
     custom: bool = False
+    selectable: list[str] = dataclasses.field(default_factory=list)  # CRD selectableFields (1.32+)
 
     @property
     def api_version(self) -> str:
@@ -485,9 +486,15 @@ def _jstype(value: Any) -> str:
             float: "number", type(None): "null"}.get(type(value), "unknown")
 
 
+_VALIDATORS: dict[str, jsonschema.Draft4Validator] = {}
+
+
 def validation_causes(obj: dict, schema: dict) -> list[dict]:
     """Validate with jsonschema; render the causes like the API server (field + message)."""
-    validator = jsonschema.Draft4Validator(to_jsonschema(schema))
+    cache_key = json.dumps(schema, sort_keys=True)
+    validator = _VALIDATORS.get(cache_key)
+    if validator is None:
+        validator = _VALIDATORS[cache_key] = jsonschema.Draft4Validator(to_jsonschema(schema))
     causes = []
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
         field = ""
@@ -535,6 +542,8 @@ def invalid(rt: ResType, name: str, causes: list[dict]) -> ApiError:
 
 
 def builtin_defaults(rt: ResType, obj: dict, old: dict | None = None) -> dict:
+    if causes := label_causes(obj.get("metadata", {}).get("labels"), "metadata.labels"):
+        raise invalid(rt, obj["metadata"].get("name", ""), causes)
     if rt.custom:
         return obj
     if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions") and (causes := crd_causes(obj)):
@@ -561,7 +570,7 @@ def builtin_defaults(rt: ResType, obj: dict, old: dict | None = None) -> dict:
         spec.setdefault("suspend", False)
         spec.setdefault("podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")
         _default_pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
-        causes = _job_causes(spec)
+        causes = _job_causes(spec) + label_causes(spec.get("template", {}).get("metadata", {}).get("labels"), "spec.template.labels")
         if old is not None:
             for field in ("selector", "template", "completions", "completionMode", "podFailurePolicy", "backoffLimitPerIndex"):
                 if field in ("template",) and old["spec"].get("suspend") and spec.get(field) != old["spec"].get(field):
@@ -571,6 +580,42 @@ def builtin_defaults(rt: ResType, obj: dict, old: dict | None = None) -> dict:
         if causes:
             raise invalid(rt, name, causes)
     return obj
+
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def label_causes(labels: Any, field: str) -> list[dict]:
+    """metadata.labels syntax, as the API server validates it on every object."""
+    causes = []
+    for key, value in (labels or {}).items():
+        prefix, _, name = str(key).rpartition("/")
+        if len(name) > 63 or not _LABEL_NAME.match(name) or (prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix))):
+            causes.append({"reason": "FieldValueInvalid", "field": field, "message": f"Invalid value: {json.dumps(key)}: "
+                           "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"})
+        if not isinstance(value, str):
+            causes.append({"reason": "FieldValueInvalid", "field": f"{field}[{key}]", "message": f"Invalid value: {json.dumps(value)}: label values must be strings"})
+        elif len(value) > 63:
+            causes.append({"reason": "FieldValueInvalid", "field": field, "message": f"Invalid value: {json.dumps(value)}: must be no more than 63 characters"})
+        elif not _LABEL_VALUE.match(value):
+            causes.append({"reason": "FieldValueInvalid", "field": field, "message": f"Invalid value: {json.dumps(value)}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"})
+    return causes
+
+
+# Field selectors the real API server accepts (anything else: 400 "field label not supported").
+_FIELD_LABELS: dict[tuple[str, str], set[str]] = {
+    ("", "pods"): {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+                   "spec.hostNetwork", "status.phase", "status.podIP", "status.podIPs", "status.nominatedNodeName"},
+    ("", "events"): {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+                     "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+                     "reason", "reportingComponent", "source", "type"},
+    ("events.k8s.io", "events"): {"regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid",
+                                  "regarding.apiVersion", "regarding.resourceVersion", "regarding.fieldPath",
+                                  "reason", "reportingController", "type"},
+    ("", "secrets"): {"type"}, ("", "namespaces"): {"status.phase"}, ("batch", "jobs"): {"status.successful"},
+    ("", "nodes"): {"spec.unschedulable"}, ("", "replicationcontrollers"): {"status.replicas"},
+}
 
 
 _JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
@@ -738,7 +783,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     ``kube`` fixture. Thread-safe Python helpers: :meth:`create`, :meth:`get`, :meth:`list`,
     :meth:`patch`, :meth:`delete`, :meth:`register_crd`, :meth:`wait_for`."""
 
-    history_size: int = 100_000       # watch events kept for resumption by resourceVersion
+    history_size: int = 20_000        # watch events kept for resumption by resourceVersion
     auto_namespaces: bool = False     # create missing namespaces on the fly (not what k8s does)
     record_requests: bool = True      # keep kmock's request log (turn off for benchmarks)
     internal_errors: list[BaseException] = attrs.field(factory=list, init=False)  # emulator bugs
@@ -865,7 +910,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                          ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
                          names.get("shortNames", []), names.get("categories", []),
                          set(v.get("subresources", {}) or {}) & {"status", "scale"},
-                         (v.get("schema") or {}).get("openAPIV3Schema"), v.get("additionalPrinterColumns"), True)
+                         (v.get("schema") or {}).get("openAPIV3Schema"), v.get("additionalPrinterColumns"), True,
+                         [f["jsonPath"].lstrip(".") for f in v.get("selectableFields") or []])
             self._types[(rt.group, rt.version, rt.plural)] = rt
 
     def _unregister_crd(self, crd: dict) -> None:
@@ -1238,12 +1284,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # ----- listing ------------------------------------------------------------------------
 
-    def _select(self, rt: ResType, ns: str | None, params: Mapping[str, str]) -> list[dict]:
+    def _selectors(self, rt: ResType, params: Mapping[str, str]) -> tuple[Callable[[Mapping[str, str]], bool], Callable[[dict], bool]]:
+        allowed = {"metadata.name", "metadata.namespace"} | _FIELD_LABELS.get(rt.key, set()) | set(rt.selectable)
+        for part in _split_top(params.get("fieldSelector") or ""):
+            label = re.split(r"!=|==|=", part, maxsplit=1)[0].strip()
+            if label not in allowed:
+                raise ApiError(400, "BadRequest", f'field label not supported: {label}')
         try:
-            labels = parse_label_selector(params.get("labelSelector"))
-            fields = parse_field_selector(params.get("fieldSelector"))
+            return parse_label_selector(params.get("labelSelector")), parse_field_selector(params.get("fieldSelector"))
         except ValueError as e:
             raise ApiError(400, "BadRequest", str(e)) from None
+
+    def _select(self, rt: ResType, ns: str | None, params: Mapping[str, str]) -> list[dict]:
+        labels, fields = self._selectors(rt, params)
         items = [o for (ons, _), o in sorted(self._store[rt.key].items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
                  if (ns is None or ons == ns) and labels(o["metadata"].get("labels") or {}) and fields(o)]
         return items
@@ -1286,11 +1339,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, raw: aiohttp.web.BaseRequest, rt: ResType, ns: str | None,
                            params: dict[str, str]) -> aiohttp.web.StreamResponse:
-        try:
-            labels = parse_label_selector(params.get("labelSelector"))
-            fields = parse_field_selector(params.get("fieldSelector"))
-        except ValueError as e:
-            raise ApiError(400, "BadRequest", str(e)) from None
+        labels, fields = self._selectors(rt, params)
         w = _Watcher(asyncio.get_running_loop(), asyncio.Queue(), rt.key, ns, labels, fields)
         since = params.get("resourceVersion")
         with self._mutex:

@@ -1,41 +1,61 @@
-"""Fixtures for the Kubernetes stand-in: an API-server emulator, a local kubelet + Job
-controller, real kubectl/helm binaries and a kubeconfig pointing at the emulator.
+"""Fixtures for the Kubernetes stand-in: an API-server emulator (tests/standins/kube.py), a local
+kubelet + Job controller (tests/standins/kubelet.py), the real kubectl/helm binaries and a
+kubeconfig pointing at the emulator. Everything here is plain http, no auth, no cluster.
 
-    def test_something(kube):                       # a fresh API server per test
-        kube.register_crd("crds/videotranscodes.yaml")
-        kube.ensure_namespace("lectern")
+    def test_crud(kube):                             # a fresh API server per test (own thread)
+        kube.register_crd(ROOT / "crds" / "videotranscodes.media.lectern.dev.yaml")  # or a dict
+        kube.ensure_namespace("lectern")              # namespaces must exist, as in a cluster
         kube.create({"apiVersion": "media.lectern.dev/v1alpha1", "kind": "VideoTranscode",
                      "metadata": {"name": "x", "namespace": "lectern"}, "spec": {...}})
-        obj = kube.wait_for("vt", "x", "lectern", lambda o: o and o.get("status", {}).get("phase") == "Running")
-        assert kube.list("jobs", "lectern", labels="media.lectern.dev/transcode=x")
-        kube.url                                     # http://127.0.0.1:PORT, plain http, no auth
+        kube.patch("vt", "x", {"status": {"report": {...}}}, "lectern", subresource="status")
+        vt = kube.wait_for("vt", "x", "lectern", lambda o: o and o["status"].get("phase") == "Running")
+        # async tests: `await kube.await_for(...)`; objects are plain dicts (deep copies)
+        kube.list("jobs", "lectern", labels="media.lectern.dev/transcode=x")
+        kube.events(vt, reason="Started")             # core/v1 Events about an object
+        kube.delete("vt", "x", "lectern")             # propagation Background by default
+        kube.url                                      # http://127.0.0.1:PORT
+        kube.close_watches(); kube.forget_history()   # API-server restart / compaction (410)
+        kube["post /apis/batch/v1/namespaces/lectern/jobs"] << 500   # kmock fault injection
+        # Resource names: plural, short name, kind, "jobs.batch", "batch/v1/jobs", "v1/pods".
+        # Errors from the helpers raise tests.standins.kube.ApiError (code, reason, message).
 
-    def test_jobs_run(kube, kubelet):                # Jobs created in `kube` run as local processes
-        kubelet.override_command(lambda job, pod: ["python", "-c", "import sys; sys.exit(75)"])
-        ...
-        kubelet.evict("pod-name")                    # DisruptionTarget, as the Eviction API does
+    def test_jobs(kube, kubelet):                    # Jobs in `kube` run as local processes
+        kubelet.override_command(lambda job, pod, container:
+            Kubelet.fake(exit_code=65, message={"exitCode": 65, "reason": "not a video"}, sleep=0.2)
+            if job and job["metadata"]["name"].startswith("vt-") else None)  # None: the real command
+        pod = kubelet.wait_for_pod("vt-x-job", "lectern")   # Running, process started
+        kubelet.evict(pod["metadata"]["name"])        # Eviction API: DisruptionTarget + graceful delete
+        kubelet.kill(pod["metadata"]["name"], signal.SIGKILL)
+        kubelet.logs(pod["metadata"]["name"]); kubelet.scratch_dir(pod_name, "scratch")
+        # Manual mode: Kubelet(kube, auto_run=False).start() ... kubelet.finish("job", 0, {...}); .stop()
+        # Kubelet(kube, extra_env={...}, image_entrypoints={"lectern-transcoder": ["lectern-transcode"]})
 
-    def test_cli(kube, kubectl):                     # kubectl("get", "vt", "-n", "lectern") -> CompletedProcess
-        ...
+    def test_cli(kube, kubectl):                     # kubectl("get", "vt", "-o", "wide").stdout
+        kubectl("apply", "--validate=false", "-f", "examples/videotranscode.yaml")
+        # also: kubeconfig (path), kubectl_bin / helm_bin (session), tool_env(kubeconfig, home)
 
-Running a kopf operator against the emulator (the recipe; see test_kube_emulator.py):
+Running a kopf operator against the emulator (tested in test_kube_emulator.py):
 
     import kopf
     from kopf.testing import KopfRunner
 
-    @kopf.on.login()
-    def login(**_):
-        return kopf.ConnectionInfo(server=kube.url, insecure=True, scheme="Bearer", token="x")
+    registry = kopf.OperatorRegistry()            # or the operator module's default registry
 
-    settings = kopf.OperatorSettings()               # optional
-    with KopfRunner(["run", "--standalone", "--namespace", "lectern", "-m", "my.module"],
-                    settings=settings, timeout=30) as runner:
+    @kopf.on.login(registry=registry)             # or: kopf_login(kube) below
+    def login(**_):
+        return kopf.ConnectionInfo(server=kube.url, insecure=True)
+
+    settings = kopf.OperatorSettings()
+    settings.watching.reconnect_backoff = 0.1
+    with KopfRunner(["run", "--standalone", "--namespace", "lectern"],   # + "-m", "module" if any
+                    registry=registry, settings=settings, timeout=30) as runner:
         kube.wait_for(...)
     assert runner.exit_code == 0, runner.output
 
-`--namespace` must be explicit (no cluster-wide scanning): the `kubernetes` client caches its
-kubeconfig location at import time, so always connect through the login handler above (or
-the `kopf_login` helper below). `kube.close_watches()` simulates an API-server restart.
+Always connect through a login handler: the `kubernetes` client caches its kubeconfig location
+at import time, and kopf's own piggybacking would pick up whatever kubeconfig the machine has.
+Give `--namespace` explicitly (no cluster-wide scanning). kopf 1.45 does not turn log lines into
+Events unless `settings.posting.loggers = True`; `kopf.info(...)`/`kopf.event(...)` always post.
 """
 
 from __future__ import annotations

@@ -613,8 +613,8 @@ class Kubelet:
         status = copy.deepcopy(job.get("status") or {})
         conds = status.setdefault("conditions", [])
         has = lambda t: any(c["type"] == t and c["status"] == "True" for c in conds)
-        pods = [p for p in kube.list("v1/pods", ns) if any(r.get("uid") == uid and r.get("controller")
-                                                          for r in p["metadata"].get("ownerReferences") or [])]
+        pods = [p for p in kube.list("v1/pods", ns, labels=f"batch.kubernetes.io/controller-uid={uid}")
+                if any(r.get("uid") == uid and r.get("controller") for r in p["metadata"].get("ownerReferences") or [])]
         finished = has("Complete") or has("Failed")
         failure_target = next((c for c in conds if c["type"] == "FailureTarget" and c["status"] == "True"), None)
         success_target = has("SuccessCriteriaMet")

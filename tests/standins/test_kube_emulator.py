@@ -659,3 +659,51 @@ def test_kubectl_watch_and_server_side_apply(widgets_yaml: tuple[pathlib.Path, p
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "COLOR", "PHASE"] and lines[-1].split()[:3] == ["w1", "red", "Running"]
     assert "condition met" in kubectl("wait", "--for=jsonpath={.status.phase}=Running", "wd/w1", "--timeout=5s").stdout
+
+
+def test_unsupported_field_selectors_and_bad_labels_are_refused(http: Http, widgets: KubeEmulator) -> None:
+    code, st, _ = http("GET", f"{API}/namespaces/default/widgets?fieldSelector=status.phase%3DRunning")
+    assert code == 400 and st["message"] == "field label not supported: status.phase"
+    assert http("GET", "/api/v1/pods?fieldSelector=status.phase%3DRunning")[0] == 200
+    code, st, _ = http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "a", "labels": {"x": "y" * 64}}})
+    assert code == 422 and "must be no more than 63 characters" in st["message"]
+    long_name = "j" * 64  # a Job's name becomes a label value of its pods
+    code, st, _ = http("POST", "/apis/batch/v1/namespaces/default/jobs", {"metadata": {"name": long_name}, "spec": {
+        "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}})
+    assert code == 422 and "spec.template.labels" in st["message"]
+
+
+def test_watch_list_protocol_initial_events_then_bookmark(http: Http) -> None:
+    http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "a"}})
+    events = http.watch("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"
+                        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true", until=2)
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_official_python_client_round_trip(kube: KubeEmulator) -> None:
+    """The typed `kubernetes` client parses what the emulator answers (lists, watch, Status)."""
+    import kubernetes
+    config = kubernetes.client.Configuration()
+    config.host = kube.url
+    with kubernetes.client.ApiClient(config) as client:
+        core, batch = kubernetes.client.CoreV1Api(client), kubernetes.client.BatchV1Api(client)
+        cm = core.create_namespaced_config_map("default", {"metadata": {"name": "a", "labels": {"k": "v"}}, "data": {"x": "1"}})
+        assert cm.metadata.uid and cm.metadata.resource_version
+        listed = core.list_namespaced_config_map("default", label_selector="k=v")
+        assert [i.metadata.name for i in listed.items] == ["a"]
+        job = batch.create_namespaced_job("default", {"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
+        assert job.spec.backoff_limit == 6 and job.spec.template.metadata.labels["job-name"] == "j"
+        watch = kubernetes.watch.Watch()
+        stream = watch.stream(core.list_namespaced_config_map, "default", resource_version=listed.metadata.resource_version,
+                              timeout_seconds=2)
+        core.patch_namespaced_config_map("a", "default", {"data": {"x": "2"}})
+        event = next(stream)
+        watch.stop()
+        assert event["type"] == "MODIFIED" and event["object"].data == {"x": "2"}
+        status = core.delete_namespaced_config_map("a", "default")
+        assert (status["status"] if isinstance(status, dict) else status.status) == "Success"
+        with pytest.raises(kubernetes.client.ApiException) as e:
+            core.read_namespaced_config_map("a", "default")
+        assert e.value.status == 404

@@ -5,12 +5,18 @@ exactly its port with the test-only `LECTERN_TEST_INSECURE_LOOPBACK`."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
 from lectern_transcoder import upload as upload_mod
 from lectern_transcoder.errors import Transient
 
-from .conftest import assert_streamable, streams
+from .conftest import CLI, assert_streamable
 
 
 @pytest.fixture
@@ -28,6 +34,15 @@ def raw(media, emu):
     """A raw upload the API already stored: 640x360, non-compliant (mpeg4) so it is encoded."""
     src = media("raw-mpeg4.mp4", size="640x360", video_codec="mpeg4", extra=["-q:v", "4"])
     emu.put_asset(src, "raw/lec1")
+    return src
+
+
+@pytest.fixture
+def compliant(media, emu):
+    """A raw upload that is already streamable: the remux path, so tests about the transfer
+    itself spend no CPU on encoding."""
+    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")
+    emu.put_asset(src, "raw/lec2")
     return src
 
 
@@ -62,22 +77,24 @@ def test_download_encode_upload(emu, raw, run_cli, cli_env):
     assert len([a for a in emu.assets if a[1].startswith("lectures/lec1/")]) == 1
 
 
-def test_download_resumes_after_dropped_connection(emu, raw, run_cli, cli_env, tmp_path):
-    url = emu.delivery_url("raw/lec1")
-    emu.drop_connection_after(40_000, times=2)
+def test_download_resumes_after_dropped_connection(emu, compliant, run_cli, cli_env, tmp_path):
+    raw = compliant
+    url = emu.delivery_url("raw/lec2")
+    n = raw.stat().st_size // 3
+    emu.drop_connection_after(n, times=2)
     res = run_cli(url, str(tmp_path / "out.mp4"), env=cli_env)
     assert res.returncode == 0, res.stderr
     gets = _delivery(emu)
     assert len(gets) == 3
     assert gets[0]["range"] is None
-    assert gets[1]["range"] == "bytes=40000-" and gets[2]["range"] == "bytes=80000-"
+    assert gets[1]["range"] == f"bytes={n}-" and gets[2]["range"] == f"bytes={2 * n}-"
     assert sum(g["bytes"] for g in gets) == raw.stat().st_size  # nothing fetched twice
     assert_streamable(tmp_path / "out.mp4")
 
 
-def test_download_retries_5xx(emu, raw, run_cli, cli_env, tmp_path):
+def test_download_retries_5xx(emu, compliant, run_cli, cli_env, tmp_path):
     emu.fail_next(2, status=503, route="delivery", body="html")
-    res = run_cli(emu.delivery_url("raw/lec1"), str(tmp_path / "out.mp4"), env=cli_env)
+    res = run_cli(emu.delivery_url("raw/lec2"), str(tmp_path / "out.mp4"), env=cli_env)
     assert res.returncode == 0, res.stderr
     assert [g["status"] for g in _delivery(emu)] == [503, 503, 200]
 
@@ -95,16 +112,16 @@ def test_download_size_cap(emu, raw, run_cli, cli_env, tmp_path):
     assert f"input is {raw.stat().st_size} bytes, more than the 10000-byte limit" in res.termination["reason"]
 
 
-def test_upload_retried_after_5xx(emu, raw, run_cli, cli_env):
+def test_upload_retried_after_5xx(emu, compliant, run_cli, cli_env):
     emu.fail_next(1, status=500, route="upload")
-    res = run_cli(emu.delivery_url("raw/lec1"), "cloudinary:lectures/lec1/retry", env=cli_env)
+    res = run_cli(emu.delivery_url("raw/lec2"), "cloudinary:lectures/lec1/retry", env=cli_env)
     assert res.returncode == 0, res.stderr
     assert emu.asset("lectures/lec1/retry")
     assert [r["status"] for r in emu.requests if r["route"] == "upload"][0] == 500
 
 
-def test_upload_gives_up_as_transient(emu, media, tmp_path):
-    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")
+def test_upload_gives_up_as_transient(emu, compliant, tmp_path):
+    src = compliant
     emu.fail_next(10, status=502, route="upload", body="html")
     with pytest.raises(Transient, match="after 3 attempts"):
         upload_mod.upload(src, "lectures/x/y", attempts=3, backoff_seconds=0.01)
@@ -118,9 +135,48 @@ def test_cloudinary_output_needs_credentials(run_cli, media, tmp_path, monkeypat
     assert not [e for e in res.events if e.get("stage") == "encoding"]  # failed before any work
 
 
-def test_secret_never_printed(emu, raw, run_cli, cli_env):
+def test_secret_never_printed(emu, compliant, run_cli, cli_env):
     emu.fail_next(10, status=401, route="upload")  # a credentials failure is reported...
-    res = run_cli(emu.delivery_url("raw/lec1"), "cloudinary:lectures/lec1/s", env=cli_env)
+    res = run_cli(emu.delivery_url("raw/lec2"), "cloudinary:lectures/lec1/s", env=cli_env)
     assert res.returncode == 70, res.stderr
     for text in (res.stdout, res.stderr, str(res.termination)):
         assert emu.api_secret not in text  # ...without the secret
+
+
+def test_rendition_refused_falls_back_to_the_raw_file(emu, run_cli, cli_env, tmp_path):
+    # Cloudinary refuses on-the-fly transformations it cannot do (large videos: 400/423); the
+    # raw file is then fetched as it is. Here the "video" is audio only, so the emulator
+    # cannot derive a rendition, and the transcoder then judges the raw file itself.
+    audio = tmp_path / "talk.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=220:d=2", "-c:a", "aac", str(audio)],
+                   check=True)
+    emu.put_asset(audio, "raw/audio-only")
+    res = run_cli(emu.delivery_url("raw/audio-only", format="m4a"), str(tmp_path / "out.mp4"), env=cli_env)
+    gets = _delivery(emu)
+    assert [("c_limit" in g["path"], g["status"]) for g in gets] == [(True, 400), (False, 200)]
+    assert res.returncode == 65 and "no video stream" in res.termination["reason"]
+
+
+def test_sigterm_during_upload(emu, compliant, cli_env, tmp_path, scratch):
+    # The upload runs in a worker thread; the main thread must still react to SIGTERM at once,
+    # clean up and exit 143 even though the SDK call is blocked on a slow server.
+    emu.set_latency(10, route="upload")
+    env = {**os.environ, **cli_env, "TMPDIR": str(scratch), "LECTERN_TERMINATION_LOG": str(tmp_path / "term")}
+    proc = subprocess.Popen([CLI, emu.delivery_url("raw/lec2"), "cloudinary:lectures/lec1/slow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if json.loads(line).get("stage") == "uploading":
+                break
+        time.sleep(0.5)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(8)
+        assert time.monotonic() - t < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    assert list(scratch.iterdir()) == []
+    assert json.loads((tmp_path / "term").read_text())["exitCode"] == 143

@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import assert_streamable, ffprobe, streams
 
+pytestmark = pytest.mark.slow  # real encodes of generated media
+
 
 def transcode(run_cli, src, out, *extra):
     res = run_cli(str(src), str(out), *extra)

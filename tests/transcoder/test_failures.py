@@ -84,6 +84,7 @@ def long_input(tmp_path_factory):
                            extra=["-q:v", "6"])
 
 
+@pytest.mark.slow
 def test_progress_is_monotonic_and_ends_at_100(long_input, run_cli, tmp_path):
     res = run_cli(str(long_input), str(tmp_path / "out.mp4"), "--threads", "1")
     assert res.returncode == 0, res.stderr
@@ -97,6 +98,7 @@ def test_progress_is_monotonic_and_ends_at_100(long_input, run_cli, tmp_path):
     assert len(pairs) == len(set(pairs))  # only on change
 
 
+@pytest.mark.slow
 def test_sigterm_mid_encode_cleans_up(long_input, tmp_path, scratch):
     out = tmp_path / "out.mp4"
     term = tmp_path / "termination-log"
