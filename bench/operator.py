@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the servers on kill
 
     work = Path(tempfile.mkdtemp(prefix="lectern-bench-"))
     kube = KubeEmulator(record_requests=False).start()
@@ -73,7 +75,8 @@ def main() -> int:
         env = {**os.environ, "LECTERN_KUBE_API_URL": kube.url, "LECTERN_NAMESPACES": NS,
                "LECTERN_STANDALONE": "true", "LECTERN_MAX_CONCURRENT": str(args.cap),
                "LECTERN_MONGO_URL": mongo.url, "LECTERN_REDIS_URL": redis_srv.url,
-               "LECTERN_METRICS_PORT": "0", "LECTERN_HEALTH_PORT": "0", "LECTERN_LOG_LEVEL": "WARNING"}
+               "LECTERN_METRICS_PORT": "0", "LECTERN_HEALTH_PORT": "0", "LECTERN_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+               "PYTHONUNBUFFERED": "1"}
         log = open(work / "operator.log", "wb")
         op = subprocess.Popen([str(Path(sys.executable).with_name("lectern-operator"))], env=env,
                               stdout=log, stderr=subprocess.STDOUT)

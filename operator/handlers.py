@@ -7,13 +7,16 @@
     on.create    validate, phase Queued, admit if a slot is free
     timer        Running: Job + pods + report -> status, Lecture, notifications, watchdog;
                  final: pending Lecture write / final notification until done
-    timer        Queued: periodic admission (safety net; admission also runs whenever a
-                 transcode is created, finishes or is deleted)
+    on.resume    Queued (after a restart): admission
+    on.event     Running: relay a new progress report at once
+    (admission runs whenever a transcode is created, finishes or is deleted, after a
+    restart, and every admit interval from the running timers as a safety net)
     on.delete    stop the Job; a Lecture this transcode moved to PROCESSING -> FAILED
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -22,7 +25,7 @@ from pydantic import ValidationError
 
 from lectern_operator import jobs
 from lectern_operator.api import v1alpha1 as api
-from lectern_operator.kube import Kube
+from lectern_operator.kube import Kube, KubeError
 from lectern_operator.lectures import Lectures
 from lectern_operator.notify import Notifier
 from lectern_operator.queue import Admission, Entry, entry_from_body
@@ -45,6 +48,7 @@ class Services:
         self.notifier: Notifier | None = None
         self.reconciler: Reconciler | None = None
         self.admission = Admission(settings, self.start)
+        self._retry: asyncio.Task | None = None
 
     @property
     def kube(self) -> Kube:
@@ -59,6 +63,8 @@ class Services:
         self.reconciler = Reconciler(self.settings, lambda: self.kube, self.lectures, self.notifier)
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self.notifier is not None:
             await self.notifier.close()
         if self._kube is not None:
@@ -66,15 +72,22 @@ class Services:
         self.lectures.close()
 
     async def admit(self, index: Any, *, force: bool = True) -> None:
-        """Never raises: a failed run is retried by the next trigger or the periodic timer."""
-        entries = list(index.get("all", ())) if index is not None else []
+        """Never raises: a failed run is retried after LECTERN_ADMIT_INTERVAL_SECONDS."""
+        if not force and not self.admission.due():
+            return
         try:
-            started = await self.admission.admit(entries, force=force)
+            started = await self.admission.admit(index.get("all", ()) if index is not None else (), force=force)
         except Exception as exc:
-            log.warning("admission failed (retried by the next run): %s", exc)
+            log.warning("admission failed (retrying in %ss): %s", self.settings.admit_interval_seconds, exc)
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.create_task(self._admit_later(index))
             return
         if started:
             log.info("admitted %s", ", ".join(e.name for e in started))
+
+    async def _admit_later(self, index: Any) -> None:
+        await asyncio.sleep(self.settings.admit_interval_seconds)
+        await self.admit(index)
 
     async def start(self, entry: Entry) -> bool:
         """Queued -> Running for one CR: status first (it is what the cap counts), then the Job."""
@@ -94,7 +107,13 @@ class Services:
             "conditions": set_condition(status.get("conditions"), api.COND_ADMITTED, "True", "SlotFree",
                                         f"Job {job_name} started"),
         }
-        await self.kube.merge_patch(f"{path}/status", {"status": patch})
+        try:  # compare-and-swap on resourceVersion: only a CR that is still Queued starts
+            await self.kube.merge_patch(f"{path}/status", {"metadata": {"resourceVersion": meta.get("resourceVersion")},
+                                                            "status": patch})
+        except KubeError as exc:
+            if exc.status == 409:
+                return False  # changed meanwhile (kopf's own annotations, a deletion): next pass
+            raise
         queued = parse_time(status.get("queuedAt"))
         waited = (t - queued).total_seconds() if queued else 0.0
         metrics.QUEUE_WAIT.observe(max(waited, 0.0))
@@ -178,10 +197,23 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             kopf.event(body, type="Warning", reason="InvalidSpec", message=msg)
             return
         queued_at = iso(now())
-        await svc.kube.merge_patch(path, {"status": {
-            "phase": "Queued", "queuedAt": queued_at, "progress": 0, "attempts": 0,
-            "observedGeneration": meta.get("generation"),
-            "conditions": set_condition(None, api.COND_ADMITTED, "False", "Queued", "waiting for a free slot")}})
+        rv = meta.get("resourceVersion")
+        for _ in range(5):  # compare-and-swap: never overwrite a phase set meanwhile (e.g. a retry)
+            try:
+                await svc.kube.merge_patch(path, {"metadata": {"resourceVersion": rv}, "status": {
+                    "phase": "Queued", "queuedAt": queued_at, "progress": 0, "attempts": 0,
+                    "observedGeneration": meta.get("generation"),
+                    "conditions": set_condition(None, api.COND_ADMITTED, "False", "Queued", "waiting for a free slot")}})
+                break
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                fresh = await svc.kube.get(Kube.vt_path(namespace, name))
+                if fresh is None or (fresh.get("status") or {}).get("phase"):
+                    return
+                rv = fresh["metadata"].get("resourceVersion")
+        else:
+            raise kopf.TemporaryError("the object keeps changing; retrying", delay=1)
         kopf.event(body, type="Normal", reason="Queued", message=f"waiting for a slot (priority {spec.priority})")
         svc.admission.override(namespace, name, "Queued", queued_at)
         await svc.admit(vt_queue)
@@ -208,6 +240,8 @@ def build_registry(settings: Settings | None = None, services: Services | None =
         if phase == "Running" and new_phase in api.FINAL_PHASES:
             svc.admission.override(namespace, name, new_phase)
             await svc.admit(vt_queue)
+        else:
+            await svc.admit(vt_queue, force=False)  # periodic safety net, at most every admit interval
 
     @kopf.on.event(*RESOURCE, id="progress", registry=reg,
                    when=lambda status, **_: (status or {}).get("phase") == "Running")
@@ -220,9 +254,10 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             assert svc.reconciler is not None
             await svc.reconciler.notify_progress(body, {**dict(status), "progress": value}, memo, logger)
 
-    @kopf.timer(*RESOURCE, id="admit", interval=s.admit_interval_seconds, registry=reg,
-                when=lambda status, **_: (status or {}).get("phase") == "Queued")
-    async def admit_queued(vt_queue: kopf.Index, **_: Any) -> None:
+    @kopf.on.resume(*RESOURCE, id="requeue", registry=reg, backoff=2,
+                    when=lambda status, **_: (status or {}).get("phase") == "Queued")
+    async def requeue(vt_queue: kopf.Index, **_: Any) -> None:
+        """After an operator restart: queued CRs get their slot (the index is complete by now)."""
         await svc.admit(vt_queue, force=False)
 
     @kopf.on.delete(*RESOURCE, id="cancel", registry=reg, retries=30, backoff=2)

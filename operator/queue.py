@@ -68,6 +68,8 @@ class Admission:
         self._lock = asyncio.Lock()
         self._overrides: dict[tuple[str, str], tuple[str, float, str]] = {}
         self._last_run = 0.0
+        self._pending = False
+        self._source: Iterable[Entry] = ()
         self.last_counts: dict[str, int] = {}
 
     def override(self, namespace: str, name: str, phase: str, queued_at: str = "") -> None:
@@ -92,35 +94,58 @@ class Admission:
                 del self._overrides[key]
         return out
 
+    def due(self) -> bool:
+        """Whether an unforced (periodic) run is due: none for an admit interval."""
+        return time.monotonic() - self._last_run >= self.settings.admit_interval_seconds
+
     async def admit(self, entries: Iterable[Entry], *, force: bool = True) -> list[Entry]:
         """Start as many waiting transcodes as there are free slots; returns those started.
 
-        `force=False` (the periodic safety net) skips when a run happened very recently."""
-        if not force and time.monotonic() - self._last_run < min(1.0, self.settings.admit_interval_seconds / 2):
+        Requests coalesce: while a pass runs, further requests only mark it to run once more
+        (with the newest view), so a burst of creations costs a few passes, not one each.
+        `force=False` (the periodic safety net) skips unless an admit interval has passed."""
+        if not force and not self.due():
             return []
+        self._source = entries
+        self._pending = True
+        if self._lock.locked():
+            return []
+        started: list[Entry] = []
         async with self._lock:
-            self._last_run = time.monotonic()
-            view = self._view(list(entries))
-            counts: dict[str, int] = {p: 0 for p in (*api.PHASES, "Pending")}
-            for e in view:
-                counts[e.phase or "Pending"] = counts.get(e.phase or "Pending", 0) + 1
-            running = counts["Running"]
-            waiting = sorted((e for e in view if e.phase in WAITING), key=Entry.order)
-            free = self.settings.max_concurrent - running
-            log.debug("admission: running=%d free=%d waiting=%s", running, free, [e.name for e in waiting[:10]])
-            started: list[Entry] = []
-            for e in waiting:
-                if len(started) >= free:
-                    break
-                if await self._start(e):
+            while self._pending:
+                self._pending = False
+                started += await self._pass(list(self._source))
+        return started
+
+    async def _pass(self, entries: list[Entry]) -> list[Entry]:
+        self._last_run = time.monotonic()
+        view = self._view(entries)
+        counts: dict[str, int] = {p: 0 for p in (*api.PHASES, "Pending")}
+        for e in view:
+            counts[e.phase or "Pending"] = counts.get(e.phase or "Pending", 0) + 1
+        running = counts["Running"]
+        waiting = sorted((e for e in view if e.phase in WAITING), key=Entry.order)
+        free = self.settings.max_concurrent - running
+        log.debug("admission: running=%d free=%d waiting=%s", running, free, [e.name for e in waiting[:10]])
+        started: list[Entry] = []
+        candidates = iter(waiting)
+        while len(started) < free:
+            batch = [e for _, e in zip(range(min(free - len(started), 16)), candidates)]
+            if not batch:
+                break
+            results = await asyncio.gather(*(self._start(e) for e in batch), return_exceptions=True)
+            for e, ok in zip(batch, results):
+                if isinstance(ok, BaseException):
+                    log.warning("could not start %s/%s: %s", e.namespace, e.name, ok)
+                elif ok:
                     self.override(e.namespace, e.name, "Running")
                     started.append(e)
-            counts["Running"] += len(started)
-            counts["Queued"] = len(waiting) - len(started)
-            counts.pop("Pending", None)
-            self.last_counts = counts
-            for phase, n in counts.items():
-                metrics.TRANSCODES.labels(phase=phase).set(n)
-            metrics.QUEUE_LENGTH.set(counts["Queued"])
-            metrics.RUNNING.set(counts["Running"])
-            return started
+        counts["Running"] += len(started)
+        counts["Queued"] = len(waiting) - len(started)
+        counts.pop("Pending", None)
+        self.last_counts = counts
+        for phase, n in counts.items():
+            metrics.TRANSCODES.labels(phase=phase).set(n)
+        metrics.QUEUE_LENGTH.set(counts["Queued"])
+        metrics.RUNNING.set(counts["Running"])
+        return started

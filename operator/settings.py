@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     intake_lock_duration_ms: Annotated[int, Field(ge=1000)] = 120_000
     intake_stalled_interval_ms: Annotated[int, Field(ge=500)] = 30_000
     intake_max_stalled_count: Annotated[int, Field(ge=1)] = 20
-    # A waiting job re-reads its CR directly at least this often (the shared watch is the fast path).
+    # While the shared CR watch is down, a waiting job re-reads its CR directly this often (and
+    # every 10x this regardless, as a safety net).
     intake_resync_seconds: Annotated[float, Field(gt=0)] = 30.0
     # How long creating a CR retries an unreachable/erroring API server before the attempt fails.
     intake_kube_retry_seconds: Annotated[float, Field(ge=0)] = 300.0

@@ -105,7 +105,8 @@ class _Bar:
                              speed=f"{s.speed:.2f}x" if s.speed else "")
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.progress.live.is_started:
+            self.progress.stop()
 
 
 def _install_signal_handlers() -> None:
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                               codec=v.codec, duration=round(info.duration, 3), threads=plan.threads, why=why)
             elif bar:
                 bar.console.print(f"{plan.mode}: {v.codec} {v.width}x{v.height} → h264 {plan.width}x{plan.height} "
-                                  f"({why}; audio {plan.audio_mode}; {plan.threads} threads)")
+                                  f"({why}; audio {plan.audio_mode}; {plan.threads} threads)", highlight=False)
 
         result = pipeline.run(options, tracker, on_plan=on_plan)
         video_url = result.video_url
@@ -169,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             reporter.update(video_url=video_url)
         tracker.finish("done")
         code, reason = EXIT_OK, f"{result.mode} done: {result.width}x{result.height}, {result.output_bytes} bytes"
+        if bar:
+            bar.stop()
+            ratio = result.output_bytes / result.input_bytes if result.input_bytes else 0
+            bar.console.print(f"{result.mode} done: {video_url} {result.width}x{result.height}, "
+                              f"{result.output_bytes / 1e6:.2f} MB ({ratio:.1%} of the input) in {result.seconds:.1f} s",
+                              highlight=False)
         if json_out:
             json_out.emit("done", videoUrl=video_url, mode=result.mode, width=result.width, height=result.height,
                           inputBytes=result.input_bytes, outputBytes=result.output_bytes,

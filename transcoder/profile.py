@@ -1,8 +1,13 @@
 """The output profile: what "a small, streamable 720p lecture" means in ffmpeg terms.
 
 Every number here is chosen by measurement on lecture-like content (slides, a speaker inset,
-speech); `bench/transcode.py` prints the figures and the README records them. The encode
-pipeline (`encode.py`) reads these constants and nothing else decides quality or size."""
+speech): `bench/sweep.py` compares candidates beside the seed's command, `bench/transcode.py`
+checks the chosen line end to end, and `bench/RESULTS.md` records both. The encode pipeline
+(`encode.py`) reads these constants and nothing else decides quality or size.
+
+On that content the bytes go to three places, and each knob below targets one of them:
+keyframes of static slides (GOP_SECONDS), the speaker inset's motion and noise (X264_CRF,
+the rate cap) and, at these low video rates, the audio (half of the seed's file)."""
 
 from __future__ import annotations
 
@@ -13,26 +18,37 @@ MAX_FPS = 30
 
 # Video: H.264 High, 8-bit 4:2:0 (what every browser decodes).
 VIDEO_CODEC = "libx264"
+# veryfast: superfast/ultrafast switch off mb-tree, and static slides then cost 4-5x the bytes;
+# faster/medium cost more CPU for 1-3 % smaller files. (tune stillimage/animation: no gain.)
 X264_PRESET = "veryfast"
+# CRF 24: SSIM 0.0012-0.0015 below the seed's (CRF 26: 0.0020; the target allows 0.003).
 X264_CRF = 24
 X264_PROFILE = "high"
 PIX_FMT = "yuv420p"
-# Rate cap so a noisy camera clip cannot blow up the size: maxrate/bufsize in kbit/s.
+# Rate cap so a noisy camera clip cannot blow up the size: maxrate/bufsize in kbit/s (a 2 s
+# buffer). Lecture content stays far below it (~60-100 kbit/s); it binds on full-frame noise.
 MAXRATE_KBPS = 2500
 BUFSIZE_KBPS = 5000
-# Keyframe at least every GOP_SECONDS so seeking in the player stays quick.
-GOP_SECONDS = 4
+# Keyframe at least every GOP_SECONDS so seeking in the player stays quick. Each keyframe of a
+# static slide costs as much as seconds of P-frames: 2 s -> 0.80x the seed's size, 4 s ->
+# 0.60x, 8 s -> 0.52x, 10 s -> 0.47x. x264's scene-cut detection adds one at every slide change
+# anyway, which is exactly where students seek to; a browser decodes <= 8 s forward on a seek.
+GOP_SECONDS = 8
 
-# Audio: speech. AAC-LC.
+# Audio: speech, AAC-LC mono. The seed's 128k stereo is ~half of its file; lecture audio is one
+# microphone (a camera's "stereo" is the same voice twice). 48k mono keeps speech intelligible
+# (AAC-LC band-limits near 12-14 kHz at this rate, speech lives below 8 kHz) and costs a third
+# of the seed's audio; mono also halves the AAC encoder's CPU time.
 AUDIO_CODEC = "aac"
-AUDIO_BITRATE_KBPS = 96
-AUDIO_CHANNELS = 2
+AUDIO_BITRATE_KBPS = 48
+AUDIO_CHANNELS = 1
 AUDIO_SAMPLE_RATE = 48000
 
 # Remux instead of re-encode when the input already is H.264 8-bit 4:2:0 within the size
 # limits, AAC audio, and its video bitrate is no more than this (else it is re-encoded to
-# shrink it).
-REMUX_MAX_VIDEO_KBPS = 3000
+# shrink it). Equal to the rate cap: a remuxed file never streams faster than an encoded one
+# may. (Remux: ~1 s for a 2-minute lecture against a full encode's ~30 s.)
+REMUX_MAX_VIDEO_KBPS = 2500
 
 # Encode the audio in a second ffmpeg process beside the video one and mux the two at the end.
 # In ffmpeg 5.1 the filter graph and the audio encoder share one thread with the decoder, so
@@ -43,4 +59,4 @@ PARALLEL_AUDIO = True
 # AAC audio within the channel limit is copied, not re-encoded, up to this bitrate: above it a
 # re-encode at AUDIO_BITRATE_KBPS saves real bytes; below it, it would only add a generation
 # of coding loss. (Unknown bitrates, e.g. in Matroska, are re-encoded.)
-AUDIO_COPY_MAX_KBPS = 120
+AUDIO_COPY_MAX_KBPS = 64

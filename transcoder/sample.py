@@ -96,7 +96,7 @@ def speech_expr() -> str:
 def argv(out: Path, duration: float = 20.0, size: str = "1920x1080", fps: float = 30, *, audio: bool = True,
          audio_tracks: int = 1, video_codec: str = "libx264", pix_fmt: str = "yuv420p", crf: int = 18,
          preset: str = "veryfast", profile: str | None = None, faststart: bool = False,
-         audio_codec: str = "aac", audio_bitrate: str = "192k", slide_seconds: float = 5.0,
+         audio_codec: str = "aac", audio_bitrate: str = "192k", audio_channels: int = 2, slide_seconds: float = 5.0,
          extra: list[str] | None = None, ffmpeg: str = "ffmpeg") -> list[str]:
     w, h = (int(x) for x in size.lower().split("x"))
     graph = filter_graph(w, h, fps, slide_seconds)
@@ -116,7 +116,7 @@ def argv(out: Path, duration: float = 20.0, size: str = "1920x1080", fps: float 
     if video_codec == "libx265":
         cmd += ["-x265-params", "log-level=error", "-tag:v", "hvc1"]
     if audio:
-        cmd += ["-c:a", audio_codec, "-b:a", audio_bitrate, "-ac", "2"]
+        cmd += ["-c:a", audio_codec, "-b:a", audio_bitrate, "-ac", str(audio_channels)]
     if faststart:
         cmd += ["-movflags", "+faststart"]
     return cmd + list(extra or []) + [str(out)]

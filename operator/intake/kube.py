@@ -148,6 +148,7 @@ class TranscodeApi:
 
     async def watch(self, label_selector: str | None, resource_version: str | None,
                     timeout_seconds: int) -> AsyncIterator[tuple[str, dict]]:
+        """Watch events; the first item is ("OPEN", {}) once the server accepted the watch."""
         # "true" as a string: the client would send Python's "True", which a real API server
         # accepts (Go's ParseBool) but stricter emulators do not.
         kwargs: dict[str, Any] = {"watch": "true", "timeout_seconds": timeout_seconds,
@@ -166,6 +167,7 @@ class TranscodeApi:
         except Exception as exc:  # noqa: BLE001
             raise _classify(exc, "watch VideoTranscodes") from exc
         try:
+            yield "OPEN", {}
             async with resp:
                 while True:
                     try:
@@ -192,7 +194,11 @@ def _rv(obj: dict | None) -> str | None:
 
 
 class TranscodeCache:
-    """The latest known state of every CR the intake made, kept by list + watch."""
+    """The latest known state of the CRs this intake follows, kept by list + watch.
+
+    Only tracked names are kept (`track`/`untrack`, by the jobs following them), so memory is
+    bounded by the jobs in flight, not by the history of finished transcodes in the namespace.
+    The watch restarts with a fresh list every `watch_timeout` seconds, and after any error."""
 
     def __init__(self, api: TranscodeApi, label_selector: str, *, watch_timeout: int = 300,
                  tombstones: int = 10_000):
@@ -205,7 +211,20 @@ class TranscodeCache:
         self.synced = asyncio.Event()
         self.last_ok = 0.0
         self._waiters: dict[str, set[asyncio.Future]] = {}
+        self._tracked: dict[str, int] = {}
         self._task: asyncio.Task | None = None
+
+    def track(self, name: str) -> None:
+        self._tracked[name] = self._tracked.get(name, 0) + 1
+
+    def untrack(self, name: str) -> None:
+        left = self._tracked.get(name, 0) - 1
+        if left > 0:
+            self._tracked[name] = left
+            return
+        self._tracked.pop(name, None)
+        self.objects.pop(name, None)
+        self.tombstones.pop(name, None)
 
     # --- readers -----------------------------------------------------------------------------
     def get(self, name: str) -> dict | None:
@@ -250,7 +269,7 @@ class TranscodeCache:
     def _apply(self, kind: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
         name = meta.get("name")
-        if not name:
+        if not name or name not in self._tracked:
             return
         if kind == "DELETED":
             last = self.objects.pop(name, None) or obj
@@ -280,10 +299,12 @@ class TranscodeCache:
             try:
                 items, rv = await self.api.list(self.label_selector)
                 self._replace(items)
-                self.synced.set()
                 self.last_ok = started = time.monotonic()
                 async for kind, obj in self.api.watch(self.label_selector, rv, self.watch_timeout):
                     self.last_ok = time.monotonic()
+                    if kind == "OPEN":  # listed and watching: the cache is authoritative
+                        self.synced.set()
+                        continue
                     if kind == "ERROR":
                         log.info("watch ended by the API server (%s); relisting", obj.get("message") or obj)
                         break
@@ -291,6 +312,7 @@ class TranscodeCache:
                         continue
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self._apply(kind, obj)
+                self.synced.clear()
                 if time.monotonic() - started < 1.0:
                     # A watch that ends at once (proxy, misbehaving server) must not become a
                     # relist loop.

@@ -7,13 +7,18 @@ import time
 from typing import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, GCCollector, PlatformCollector, ProcessCollector,
+                               CollectorRegistry, Counter, Gauge, generate_latest)
 
 
 class IntakeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:  # process_* (CPU, memory, fds), python_info, python_gc_*
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         p = "lectern_intake_"
         self.taken = Counter(p + "jobs_taken", "BullMQ jobs the intake started processing (redeliveries included).", registry=r)
         self.invalid = Counter(p + "jobs_invalid", "Jobs failed without retry because their data was invalid.", registry=r)

@@ -6,7 +6,8 @@ touches the cluster.
 Types are strict (a number is not a lecture id), the ids use the same alphabet as the CRD, and
 `rawVideoUrl` must be an https URL on an allowed media host: no credentials in it, and never an
 IP literal in a private, loopback, link-local or otherwise non-public range (server-side
-request forgery). Every rejection names the field, because the reason ends up in the BullMQ
+request forgery). The rules are the transcoder's (`transcoder/fetch.py`), so a URL the intake
+accepts is one the transcoder will fetch (it also checks what the name resolves to). Every rejection names the field, because the reason ends up in the BullMQ
 job's `failedReason`, which is what the platform shows to whoever looks at a failed upload.
 """
 
@@ -42,10 +43,11 @@ class JobPayload(BaseModel):
     @field_validator("raw_video_url")
     @classmethod
     def _media_url(cls, value: str, info: ValidationInfo) -> str:
-        allowed = (info.context or {}).get("allowed_hosts")
+        context = info.context or {}
+        allowed = context.get("allowed_hosts")
         if allowed is None:
             raise ValueError("no allowed media hosts configured")
-        return check_media_url(value, allowed)
+        return check_media_url(value, allowed, context.get("insecure_loopback") or frozenset())
 
 
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -67,30 +69,63 @@ def _normalise_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
 def host_allowed(host: str, port: int | None, allowed_hosts: Iterable[str]) -> bool:
-    """`host` (lower case, no trailing dot) against the allow-list. Entries are exact host
-    names (`res.cloudinary.com`), `*.example.com` for any subdomain, optionally with a port
-    (`media.local:8443`; without one any port matches). A wildcard never matches an IP literal."""
+    """`host` (lower case, no trailing dot) against the allow-list, with the transcoder's rules
+    (`transcoder/fetch.py`): entries are exact host names (`res.cloudinary.com`) or
+    `*.example.com` for any subdomain, optionally with a port (`media.local:8443`); an entry
+    without a port allows 443 only."""
+    port = port or 443
     for entry in allowed_hosts:
         entry = _normalise_host(entry)
-        if not entry:
+        if entry.startswith("["):  # [v6]:port or [v6]
+            name, _, rest = entry[1:].partition("]")
+            eport = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") > 1:  # a bare IPv6 address
+            name, eport = entry, ""
+        else:
+            name, _, eport = entry.partition(":")
+        if eport:
+            if not eport.isdigit() or int(eport) != port:
+                continue
+        elif port != 443:
             continue
-        entry_host, entry_port = entry, None
-        m = re.fullmatch(r"(.+):([0-9]{1,5})", entry)
-        if m and not entry.startswith("["):
-            entry_host, entry_port = m.group(1), int(m.group(2))
-        if entry_port is not None and entry_port != (port or 443):
-            continue
-        if entry_host.startswith("*."):
-            suffix = entry_host[1:]
-            if host.endswith(suffix) and len(host) > len(suffix) and _ip_literal(host) is None:
+        if name.startswith("*."):
+            if host.endswith(name[1:]) and host != name[2:] and _ip_literal(host) is None:
                 return True
-        elif host == entry_host:
+        elif host == name:
             return True
     return False
 
 
-def check_media_url(url: str, allowed_hosts: Iterable[str]) -> str:
+def parse_insecure_loopback(value: str | None) -> frozenset[tuple[str, int]]:
+    """`LECTERN_TEST_INSECURE_LOOPBACK` (`127.0.0.1:8123,[::1]:8124`), the transcoder's
+    test-only escape for the local Cloudinary emulator: plain http (or https) to exactly those
+    loopback ports is let through. Anything but a loopback IP literal with a port is refused."""
+    entries: set[tuple[str, int]] = set()
+    for item in (value or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ok = bool(sep) and ipaddress.ip_address(host).is_loopback and 0 < int(port) < 65536
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"LECTERN_TEST_INSECURE_LOOPBACK entry {item!r} is not a loopback IP:port")
+        entries.add((str(ipaddress.ip_address(host)), int(port)))
+    return frozenset(entries)
+
+
+def check_media_url(url: str, allowed_hosts: Iterable[str],
+                    insecure_loopback: frozenset[tuple[str, int]] = frozenset()) -> str:
     """Return `url` if the transcoder may fetch it, else raise ValueError saying why."""
     allowed_hosts = list(allowed_hosts)
     if len(url) > MAX_URL_LENGTH:
@@ -102,20 +137,23 @@ def check_media_url(url: str, allowed_hosts: Iterable[str]) -> str:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"not a valid URL ({exc})") from None
-    if parts.scheme.lower() != "https":
-        raise ValueError(f"must be an https:// URL (got scheme {parts.scheme or 'none'!r})")
+    scheme = parts.scheme.lower()
     if "@" in parts.netloc or parts.username is not None or parts.password is not None:
         raise ValueError("must not carry credentials (user:password@)")
     if "\\" in url:
         raise ValueError("must not contain backslashes")
     host = _normalise_host(parts.hostname or "")
+    address = _ip_literal(host) if host else None
+    if (address is not None and insecure_loopback and scheme in ("http", "https")
+            and (str(address), port or (443 if scheme == "https" else 80)) in insecure_loopback):
+        return url  # test-only: the local Cloudinary emulator
+    if scheme != "https":
+        raise ValueError(f"must be an https:// URL (got scheme {parts.scheme or 'none'!r})")
     if not host:
         raise ValueError("has no host")
-    address = _ip_literal(host)
-    explicitly_allowed = host_allowed(host, port, allowed_hosts)
-    if address is not None and not address.is_global and not explicitly_allowed:
+    if address is not None and not _public(address):
         raise ValueError(f"points to a non-public address ({address}: private, loopback, link-local or reserved)")
-    if not explicitly_allowed:
+    if not host_allowed(host, port, allowed_hosts):
         raise ValueError(f"host {host!r} is not an allowed media host (allowed: {', '.join(allowed_hosts) or 'none'})")
     if not re.fullmatch(HTTPS_URL_PATTERN, url):
         raise ValueError("is not a plain https URL (letters, digits, dots and dashes in the host; no whitespace)")
@@ -142,13 +180,15 @@ def _describe(error: dict, data: dict) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_payload(data: Any, allowed_hosts: Iterable[str]) -> JobPayload:
+def parse_payload(data: Any, allowed_hosts: Iterable[str],
+                  insecure_loopback: frozenset[tuple[str, int]] = frozenset()) -> JobPayload:
     """Validate the job data; raise `InvalidPayload` with a reason naming every bad field."""
     if not isinstance(data, dict):
         raise InvalidPayload(
             f"invalid job data: expected an object {{{', '.join(FIELDS)}}}, got {_type_name(data)}")
     try:
-        return JobPayload.model_validate(data, context={"allowed_hosts": list(allowed_hosts)})
+        return JobPayload.model_validate(data, context={"allowed_hosts": list(allowed_hosts),
+                                                        "insecure_loopback": insecure_loopback})
     except ValidationError as exc:
         reasons = [_describe(e, data) for e in exc.errors(include_url=False)]
         raise InvalidPayload("invalid job data: " + "; ".join(reasons)) from None

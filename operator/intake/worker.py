@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
@@ -37,7 +38,7 @@ from lectern_operator.settings import Settings
 from . import resources as res
 from .kube import Conflict, KubeError, TranscodeApi, TranscodeCache
 from .metrics import IntakeMetrics
-from .payload import InvalidPayload, JobPayload, parse_payload
+from .payload import InvalidPayload, JobPayload, parse_insecure_loopback, parse_payload
 
 log = logging.getLogger("lectern.intake")
 
@@ -132,6 +133,9 @@ class Intake:
         self.metrics = metrics or IntakeMetrics()
         self.queue = res.queue_key(settings.queue_prefix, settings.queue_name)
         self.allowed_hosts = list(settings.allowed_hosts)
+        # Test-only, never set by the chart: the transcoder's escape for the local Cloudinary
+        # emulator (plain http to named loopback ports), honoured here too so the same URLs pass.
+        self.insecure_loopback = parse_insecure_loopback(os.environ.get("LECTERN_TEST_INSECURE_LOOPBACK"))
         self.worker = None  # set by the runner: the bullmq Worker, for lock re-tracking
         self.stopping = asyncio.Event()
         self.active: dict[str, _Active] = {}
@@ -193,15 +197,19 @@ class Intake:
     async def _process(self, entry: _Active) -> dict:
         job = entry.job
         try:
-            payload = parse_payload(job.data, self.allowed_hosts)
+            payload = parse_payload(job.data, self.allowed_hosts, self.insecure_loopback)
         except InvalidPayload as exc:
             self.metrics.invalid.inc()
             raise InvalidJobData(str(exc)) from None
         name = res.cr_name(payload.lecture_id, job.id, job.timestamp, self.queue)
         entry.name = name
-        obj = await self._ensure(entry, payload, name)
-        await self._supersede(entry, payload, name, obj)
-        return await self._follow(entry, payload, name, obj)
+        self.cache.track(name)
+        try:
+            obj = await self._ensure(entry, payload, name)
+            await self._supersede(entry, payload, name, obj)
+            return await self._follow(entry, payload, name, obj)
+        finally:
+            self.cache.untrack(name)
 
     # --- create or adopt --------------------------------------------------------------------------
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -378,7 +386,10 @@ class Intake:
                     last_progress = progress
 
             await self.cache.wait(name, obj, timeout=self.tick)
-            if time.monotonic() - last_direct >= self.settings.intake_resync_seconds:
+            # Re-read directly while the shared watch is down, and now and then regardless.
+            since = time.monotonic() - last_direct
+            resync = self.settings.intake_resync_seconds
+            if since >= 10 * resync or (since >= resync and not self.cache.synced.is_set()):
                 last_direct = time.monotonic()
                 try:
                     fresh = await self.api.get(name)

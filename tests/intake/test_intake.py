@@ -4,7 +4,10 @@ Kubernetes emulator with the test playing the operator."""
 
 from __future__ import annotations
 
+import threading
 import time
+
+import kmock
 
 from tests.intake.conftest import NAMESPACE, lecture_data, wait_until
 
@@ -40,19 +43,38 @@ def test_kill9_mid_job_redelivers_and_adopts_the_same_cr(harness):
     assert m["lectern_intake_transcodes_created_total"] == 0
 
 
-def test_long_transcode_is_not_mistaken_for_a_stalled_job(harness):
-    # Lock 1s, stall check every 0.5s; the transcode takes 4s: the lock must keep being renewed.
-    harness.start(intake_lock_duration_ms=1000, intake_stalled_interval_ms=500)
-    job_id = harness.producer.add(lecture_data())
-    name = harness.cr_for(job_id)["metadata"]["name"]
-    for p in range(0, 101, 15):
-        harness.set_status(name, phase="Running", progress=p)
+def test_long_transcodes_keep_their_lock_and_a_lost_lock_hands_over(harness):
+    # Lock 1s, stall check every 0.5s, transcodes of 4s: the locks must keep being renewed.
+    # Meanwhile one job's lock vanishes (as after a Redis outage longer than the lock): the
+    # stalled-job check puts it back and the same intake takes it again while still following
+    # it; the older delivery must step aside and the newer one keep renewing the lock.
+    import redis
+
+    intake = harness.start(intake_lock_duration_ms=1000, intake_stalled_interval_ms=500)
+    steady = harness.producer.add(lecture_data(lecture="steady"))
+    lost = harness.producer.add(lecture_data(lecture="lost"))
+    names = {j: harness.cr_for(j)["metadata"]["name"] for j in (steady, lost)}
+    r = redis.Redis.from_url(harness.redis_url)
+    for i, p in enumerate(range(0, 101, 15)):
+        for j in (steady, lost):
+            harness.set_status(names[j], phase="Running", progress=p)
+        if i == 2:
+            harness.events.wait(lost, "progress", count=2)
+            r.delete(f"bull:{harness.queue}:{lost}:lock")
         time.sleep(0.6)
-    harness.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
-    harness.events.wait(job_id, "completed")
-    assert harness.events.of(job_id, "stalled") == []
-    assert len(harness.events.of(job_id, "active")) == 1
-    assert harness.events.progress(job_id) == [15, 30, 45, 60, 75, 90, 100]
+    harness.events.wait(lost, "stalled", timeout=15)
+    harness.events.wait(lost, "active", count=2)
+    time.sleep(2)  # two lock durations: a lock nobody renews would stall the job again
+    for j in (steady, lost):
+        harness.set_status(names[j], phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
+        assert harness.events.wait(j, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
+        assert harness.events.of(j, "failed") == []
+    assert harness.events.of(steady, "stalled") == []
+    assert len(harness.events.of(steady, "active")) == 1
+    assert harness.events.progress(steady) == [15, 30, 45, 60, 75, 90, 100]
+    assert len(harness.events.of(lost, "stalled")) == 1
+    assert len(harness.transcodes()) == 2
+    assert "taking over" in intake.log()
 
 
 def test_sigterm_hands_in_flight_jobs_back_without_failing_them(harness):
@@ -84,11 +106,19 @@ def test_sigterm_hands_in_flight_jobs_back_without_failing_them(harness):
     assert len(harness.transcodes()) == 3
 
 
-def test_redis_restart_with_jobs_in_flight(restart_harness):
+def test_redis_outages_at_start_and_with_jobs_in_flight(restart_harness):
     h = restart_harness
-    intake = h.start()
+    # Started while Redis is down: live (a restart would not help) but not ready.
+    h.redis.stop()
+    intake = h.start_intake(ready=False)
+    wait_until(lambda: intake.health("/healthz")[0] == 200, 20, 0.1, "live")
+    status, body = intake.health("/readyz")
+    assert status == 503 and body["redis"] != "ok", body
+    h.redis.start()
+    intake.wait_ready(timeout=40)
+
     jobs = [h.producer.add(lecture_data(lecture=f"lec{i}")) for i in range(3)]
-    names = {j: h.cr_for(j)["metadata"]["name"] for j in jobs}
+    names = {j: h.cr_for(j, timeout=30)["metadata"]["name"] for j in jobs}
     for j in jobs:
         h.set_status(names[j], phase="Running", progress=25)
     for j in jobs:
@@ -116,6 +146,7 @@ def test_redis_restart_with_jobs_in_flight(restart_harness):
 
 
 CREATE = f"post /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes"
+WATCH = f"get /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes"
 
 
 def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
@@ -129,7 +160,9 @@ def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
     assert len(harness.events.of(ok, "active")) == 1
 
     # A long one: each attempt gives up after the retry budget; BullMQ's attempts retry it.
-    harness.kube[CREATE][:1000] << 503
+    outage = threading.Event()
+    outage.set()
+    harness.kube[CREATE, lambda: outage.is_set()] << 503
     bad = harness.producer.add(lecture_data(lecture="down"), {"attempts": 2, "backoff": 100})
     failed = harness.events.wait(bad, "failed", timeout=30)[0]
     assert failed["failedReason"].startswith("create VideoTranscode vt-down-"), failed
@@ -142,41 +175,37 @@ def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
     assert m["lectern_intake_kube_errors_total"] >= 5
     assert m['lectern_intake_jobs_failed_total{reason="error"}'] == 2
 
+    outage.clear()
 
-def test_starts_without_redis_live_but_not_ready_then_works(restart_harness):
-    h = restart_harness
-    h.redis.stop()
-    intake = h.start_intake(ready=False)
-    wait_until(lambda: intake.health("/healthz")[0] == 200, 20, 0.1, "live")
-    status, body = intake.health("/readyz")
-    assert status == 503 and body["redis"] != "ok", body
-    h.redis.start()
-    intake.wait_ready(timeout=40)
-    job_id = h.producer.add(lecture_data())
-    name = h.cr_for(job_id, timeout=30)["metadata"]["name"]
-    h.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
-    assert h.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
-
-
-def test_lost_lock_redelivery_to_the_same_intake_hands_over(harness):
-    # The job's lock vanishes (as after a Redis outage longer than the lock): the stalled-job
-    # check puts it back, the same intake takes it again while still following it. The older
-    # delivery must step aside and the newer one keep the lock renewed to the end.
-    import redis
-
-    intake = harness.start(intake_lock_duration_ms=1500, intake_stalled_interval_ms=500)
-    job_id = harness.producer.add(lecture_data(lecture="handover"))
-    name = harness.cr_for(job_id)["metadata"]["name"]
-    harness.set_status(name, phase="Running", progress=10)
-    harness.events.wait(job_id, "progress")
-    r = redis.Redis.from_url(harness.redis_url)
-    r.delete(f"bull:{harness.queue}:{job_id}:lock")
-    harness.events.wait(job_id, "stalled", timeout=15)
-    harness.events.wait(job_id, "active", count=2)
-    time.sleep(3)  # two lock durations: a lock nobody renews would stall the job again
+    # The shared watch breaks for good: jobs fall back to re-reading their CR directly.
+    harness.kube[WATCH, kmock.params(watch="true")] << 500
+    harness.kube.close_watches()
+    wait_until(lambda: intake.health()[1].get("kubernetes") == "watch not synced", 10, 0.1, "watch down")
+    blind = harness.producer.add(lecture_data(lecture="blind"))
+    name = harness.cr_for(blind)["metadata"]["name"]
+    harness.set_status(name, phase="Running", progress=50)
+    harness.events.wait(blind, "progress", timeout=15)
     harness.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
-    assert harness.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
-    assert len(harness.events.of(job_id, "stalled")) == 1
-    assert harness.events.of(job_id, "failed") == []
-    assert len(harness.transcodes()) == 1
-    assert "taking over" in intake.log()
+    harness.events.wait(blind, "completed", timeout=15)
+    assert harness.events.progress(blind) == [50, 100]
+
+
+def test_two_replicas_share_the_queue_and_cover_for_each_other(harness):
+    a = harness.start(intake_lock_duration_ms=2000)
+    b = harness.start_intake(intake_lock_duration_ms=2000)
+    jobs = [harness.producer.add(lecture_data(lecture=f"rep{i}")) for i in range(20)]
+    wait_until(lambda: len(harness.transcodes()) == 20, 20, 0.1, "20 CRs")
+    for j in jobs:
+        assert len(harness.events.of(j, "active")) == 1
+    taken = {p: p.metrics()["lectern_intake_jobs_active"] for p in (a, b)}
+    assert sum(taken.values()) == 20
+
+    a.kill9()  # b's stalled-job check hands a's jobs to b, which adopts their CRs
+    wait_until(lambda: b.metrics()["lectern_intake_jobs_active"] == 20, 30, 0.2, "b follows all 20")
+    for cr in harness.transcodes():
+        harness.set_status(cr["metadata"]["name"], phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
+    for j in jobs:
+        harness.events.wait(j, "completed")
+    assert len(harness.transcodes()) == 20
+    m = b.metrics()
+    assert m["lectern_intake_transcodes_adopted_total"] == taken[a]

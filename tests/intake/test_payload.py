@@ -101,12 +101,38 @@ def test_accepted_urls(url):
     assert parse_payload({**GOOD, "rawVideoUrl": url}, ALLOWED).raw_video_url == url
 
 
-def test_private_ip_only_when_explicitly_allowed():
-    # A dev/test setup may list a loopback media host on purpose; wildcards never match IPs.
-    assert check_media_url("https://127.0.0.1:9443/x.mp4", ["127.0.0.1:9443"])
+def test_private_ip_refused_even_when_listed_like_the_transcoder():
     with pytest.raises(ValueError, match="non-public"):
-        check_media_url("https://127.0.0.1:9444/x.mp4", ["127.0.0.1:9443"])
+        check_media_url("https://127.0.0.1:9443/x.mp4", ["127.0.0.1:9443"])
+    with pytest.raises(ValueError, match="non-public"):
+        check_media_url("https://[::ffff:169.254.169.254]/x.mp4", ["[::ffff:169.254.169.254]"])
     assert not host_allowed("10.0.0.1", None, ["*.0.0.1"])
+    assert check_media_url("https://8.8.8.8/x.mp4", ["8.8.8.8"])  # a public literal, listed
+
+
+def test_port_rules_match_the_transcoder():
+    assert host_allowed("res.cloudinary.com", None, ["res.cloudinary.com"])
+    assert host_allowed("res.cloudinary.com", 443, ["res.cloudinary.com"])
+    assert not host_allowed("res.cloudinary.com", 8443, ["res.cloudinary.com"])  # no port: 443 only
+    assert host_allowed("media.local", 8443, ["media.local:8443"])
+    assert not host_allowed("media.local", None, ["media.local:8443"])
+    assert host_allowed("a.b.example.org", None, ["*.example.org"])
+    assert not host_allowed("example.org", None, ["*.example.org"])
+
+
+def test_test_only_insecure_loopback_escape():
+    from lectern_operator.intake.payload import parse_insecure_loopback
+    loop = parse_insecure_loopback("127.0.0.1:8123, [::1]:9")
+    assert loop == {("127.0.0.1", 8123), ("::1", 9)}
+    url = "http://127.0.0.1:8123/demo/video/upload/raw/x.mp4"
+    assert parse_payload({**GOOD, "rawVideoUrl": url}, ALLOWED, loop).raw_video_url == url
+    with pytest.raises(InvalidPayload, match="rawVideoUrl: must be an https"):
+        parse_payload({**GOOD, "rawVideoUrl": "http://127.0.0.1:8124/x.mp4"}, ALLOWED, loop)
+    with pytest.raises(InvalidPayload, match="non-public"):
+        parse_payload({**GOOD, "rawVideoUrl": "https://127.0.0.1:8124/x.mp4"}, ALLOWED, loop)
+    for bad in ("10.0.0.1:80", "localhost:80", "127.0.0.1", "example.com:443"):
+        with pytest.raises(ValueError, match="not a loopback IP:port"):
+            parse_insecure_loopback(bad)
 
 
 def test_no_allowed_hosts_rejects_everything():

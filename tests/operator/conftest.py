@@ -47,8 +47,9 @@ class Operator:
     """The operator in its own thread and event loop (kopf cancels every task in its loop that
     it did not start when it stops, so it must not share the test's loop)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, liveness_endpoint: str | None = None) -> None:
         self.settings = settings
+        self.liveness_endpoint = liveness_endpoint
         self.thread: threading.Thread | None = None
         self.stop_flag: threading.Event | None = None
         self.error: BaseException | None = None
@@ -56,7 +57,8 @@ class Operator:
 
     def _main(self, ready: threading.Event) -> None:
         try:
-            asyncio.run(run(self.settings, stop_flag=self.stop_flag, ready_flag=ready))
+            asyncio.run(run(self.settings, stop_flag=self.stop_flag, ready_flag=ready,
+                            liveness_endpoint=self.liveness_endpoint))
         except BaseException as exc:  # pragma: no cover
             self.error = exc
             ready.set()
@@ -88,8 +90,8 @@ async def operator_factory(op_settings):
     """make(**setting_overrides) -> a started Operator (stopped at teardown)."""
     started: list[Operator] = []
 
-    async def make(**overrides: Any) -> Operator:
-        op = Operator(Settings(**{**dict(op_settings), **overrides}))
+    async def make(liveness_endpoint: str | None = None, **overrides: Any) -> Operator:
+        op = Operator(Settings(**{**dict(op_settings), **overrides}), liveness_endpoint)
         await op.start()
         started.append(op)
         return op

@@ -197,3 +197,8 @@ def test_no_secret_in_job_or_crd():
     s = Settings(mongo_url="mongodb://user:hunter2@db/", redis_url="redis://:hunter2@redis/0")
     text = yaml.safe_dump(jobs.build_job(_cr(), s)) + crd.render()
     assert "hunter2" not in text
+
+
+def test_crd_is_valid_kubernetes():
+    doc = yaml.safe_load((ROOT / "crds" / crd.FILE_NAME).read_text())
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

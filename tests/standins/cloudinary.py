@@ -493,7 +493,7 @@ class CloudinaryEmulator:
         resource_type, rest = parts[1], parts[3:]
         signature = rest.pop(0) if re.fullmatch(r"s--[A-Za-z0-9_-]{8,32}--", rest[0]) else None
         transforms = []
-        while len(rest) > 1 and TRANSFORMATION_RE.match(rest[0]) and not re.fullmatch(r"v\d+", rest[0]):
+        while len(rest) > 1 and TRANSFORMATION_RE.match(rest[0]):
             transforms.append(rest.pop(0))
         if len(rest) > 1 and re.fullmatch(r"v\d+", rest[0]):
             rest.pop(0)

@@ -30,31 +30,47 @@ What it does (documented API-server behaviour it follows):
   starts/stops matching; ``timeoutSeconds``; :meth:`close_watches` drops every stream
   (clients must resume), :meth:`forget_history` makes old resourceVersions expire.
 * selectors: labelSelector (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) and
-  fieldSelector (``=``, ``==``, ``!=`` on any dotted path, e.g. ``metadata.name``,
-  ``involvedObject.uid``, ``status.phase``); list ``limit``/``continue``.
+  fieldSelector (``=``, ``==``, ``!=``) limited to the field labels the real server supports
+  (metadata.name/namespace everywhere, CRD ``selectableFields``, the built-in sets for pods,
+  events, jobs, secrets, namespaces; anything else -> 400 "field label not supported");
+  list ``limit``/``continue``; ``sendInitialEvents=true`` watch-list (ADDED + BOOKMARK).
 * deletion: finalizers (``deletionTimestamp`` set, object kept until finalizers are empty; new
   finalizers refused meanwhile), garbage collection through ``ownerReferences`` with
   ``propagationPolicy`` Background / Foreground (``foregroundDeletion`` finalizer) / Orphan,
   from the DeleteOptions body or the query; batch/v1 Jobs orphan their pods by default
   (with the real server's warning) unless a policy is given; graceful deletion of pods bound
-  to a kubelet (``deletionGracePeriodSeconds``); namespace deletion deletes its contents.
-* CRDs: creating a ``CustomResourceDefinition`` registers its resources (discovery, storage,
-  conditions Established/NamesAccepted); deleting it deletes its objects. Custom resources
-  are pruned (unknown fields dropped, ``x-kubernetes-preserve-unknown-fields`` honoured,
+  to a kubelet (``deletionGracePeriodSeconds``); namespace deletion deletes its contents;
+  immediate deletes answer ``Status Success`` for built-ins, the object for CRs/pods.
+* CRDs: creating a ``CustomResourceDefinition`` validates it (name = plural.group, one storage
+  version, structural schema rules: a ``type`` everywhere, nothing but value validations in
+  anyOf/allOf/oneOf/not) and registers its resources (discovery, storage, conditions
+  Established/NamesAccepted); deleting it deletes its objects. Custom resources are pruned
+  (unknown fields dropped, ``x-kubernetes-preserve-unknown-fields`` honoured,
   ``fieldValidation=Strict`` -> 400, ``Warn`` -> Warning header), defaulted from ``default``,
   and validated with ``jsonschema`` against ``openAPIV3Schema`` (``nullable``,
   ``x-kubernetes-int-or-string``) -> ``422 Invalid`` with the real server's message format.
+* built-ins: label syntax (values <= 63 chars...) on every object; Jobs defaulted (selector,
+  controller-uid/job-name template labels, backoffLimit 6, podReplacementPolicy...) and
+  validated (restartPolicy, podFailurePolicy rules, immutable template); pod spec defaults
+  (terminationMessagePath, grace period...); Secret ``stringData`` -> ``data``; the Eviction
+  API (``POST pods/<name>/eviction``: DisruptionTarget + graceful delete); ``pods/<name>/log``
+  from an attached kubelet.
 * tables: ``Accept: application/json;as=Table;g=meta.k8s.io;v=v1`` -> ``meta.k8s.io/v1 Table``
-  from ``additionalPrinterColumns`` (JSONPath subset) or built-in columns for pods, jobs,
-  events, namespaces; ``kubectl get/-o wide/describe`` work.
+  from ``additionalPrinterColumns`` (JSONPath subset; ``date`` columns rendered as ages like
+  the server) or built-in columns for pods, jobs, events, namespaces, also on watches;
+  ``kubectl get / -o wide / -w / describe / wait / logs / delete`` work.
 * discovery: ``/api``, ``/apis``, ``/apis/<g>``, ``/apis/<g>/<v>`` (built-ins from kmock's
-  bundled k3s discovery + registered CRDs), ``/version``, ``/healthz``.
+  bundled k3s discovery + registered CRDs), ``/version``, ``/healthz``, and just enough
+  ``/openapi/v3`` for kubectl to use server-side field validation (so plain ``kubectl apply``
+  works, with ``--validate=strict`` semantics; ``kubectl explain`` does not).
 
-Not emulated (see the module's tests for what is pinned): CEL ``x-kubernetes-validations``,
-string formats, admission webhooks, RBAC/auth, managedFields and real server-side-apply
-field ownership, protobuf, aggregated discovery (clients fall back to the legacy one),
-``/openapi`` (so ``kubectl apply`` of custom resources needs ``--validate=false``), conversion
-between core/v1 and events.k8s.io/v1 Events (two separate stores), watch bookmarks.
+Not emulated: CEL ``x-kubernetes-validations``, string ``format``s, admission webhooks,
+RBAC/auth (any request is admin), managedFields and real server-side-apply field ownership,
+protobuf/CBOR bodies (415: kubectl's typed commands such as ``create configmap`` or ``run``
+need ``apply -f`` instead), aggregated discovery (clients fall back to the legacy one),
+conversion between core/v1 and events.k8s.io/v1 Events (two separate stores), periodic
+watch bookmarks, the scale subresource, ResourceQuota/LimitRange, the namespace Terminating
+phase (deletion is immediate), and GC of dependents whose owner never existed.
 """
 
 from __future__ import annotations
@@ -618,6 +634,10 @@ _FIELD_LABELS: dict[tuple[str, str], set[str]] = {
 }
 
 
+_OBJECT_META = {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+                "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+                "ownerReferences", "finalizers", "managedFields"}
+
 _JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
 
 
@@ -978,12 +998,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._create(self._type("", "v1", "namespaces"), None, {"metadata": {"name": ns}})
 
     def _admit(self, rt: ResType, obj: dict, params: Mapping[str, str], warnings: list[str]) -> dict:
-        """Custom resources: prune unknown fields, apply defaults, validate against the schema."""
-        if not rt.custom or not rt.schema:
-            return obj
-        unknown: list[str] = []
+        """Unknown metadata fields (all kinds) and, for custom resources, unknown fields anywhere
+        are dropped (Warn/Ignore) or refused (Strict); then defaults and schema validation."""
+        unknown = [f"metadata.{k}" for k in obj["metadata"] if k not in _OBJECT_META]
+        obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k in _OBJECT_META}}
         body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-        pruned = prune_and_default(body, rt.schema, "", unknown)
+        pruned = prune_and_default(body, rt.schema, "", unknown) if rt.custom and rt.schema else body
         mode = params.get("fieldValidation", "Warn")
         if unknown and mode == "Strict":
             raise ApiError(400, "BadRequest", f"{rt.kind} in version \"{rt.version}\" cannot be handled as a "
@@ -991,6 +1011,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if unknown and mode == "Warn":
             warnings.extend(f'unknown field "{u}"' for u in unknown)
         result = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": obj["metadata"], **pruned}
+        if not rt.custom or not rt.schema:
+            return result
         schema = dict(rt.schema)
         schema_props = dict(schema.get("properties") or {})
         for k in ("apiVersion", "kind", "metadata"):
@@ -1047,7 +1069,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if rt.plural == "namespaces" and not rt.group:
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
                 obj["status"] = {"phase": "Active"}
-                meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+                obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
             if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 obj["status"] = self._crd_status(obj)
             if rt.plural == "pods" and not rt.group:
@@ -1762,6 +1784,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{resource} {namespace}/{name}: condition not met in {timeout}s; last: {json.dumps(obj)[:2000]}")
             await asyncio.sleep(interval)
+
+    @property
+    def objects(self) -> Any:  # type: ignore[override]
+        raise AttributeError("kmock's `objects` store is not used by this emulator: "
+                             "use kube.get()/kube.list()/kube.iter_objects() (plain dicts)")
 
     @property
     def resource_version(self) -> int:

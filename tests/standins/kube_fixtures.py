@@ -72,10 +72,25 @@ from tests.standins.binaries import BinariesUnavailable, ensure_binaries
 from tests.standins.kube import KubeEmulator
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kube_options(**kwargs): KubeEmulator options for the `kube` fixture "
+                            "(history_size, auto_namespaces, record_requests)")
+    config.addinivalue_line("markers", "kubelet_options(**kwargs): Kubelet options for the `kubelet` fixture "
+                            "(auto_run, backoff, max_grace, extra_env, image_entrypoints)")
+
+
+def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers(name))):  # farthest first, closest wins
+        kwargs.update(marker.kwargs)
+    return kwargs
+
+
 @pytest.fixture()
-def kube() -> Iterator[KubeEmulator]:
-    """A running API-server emulator (background thread), fresh per test."""
-    emulator = KubeEmulator().start()
+def kube(request: pytest.FixtureRequest) -> Iterator[KubeEmulator]:
+    """A running API-server emulator (background thread), fresh per test.
+    Options: @pytest.mark.kube_options(auto_namespaces=True, ...)."""
+    emulator = KubeEmulator(**_marker_kwargs(request, "kube_options")).start()
     try:
         yield emulator
     finally:
@@ -83,10 +98,11 @@ def kube() -> Iterator[KubeEmulator]:
 
 
 @pytest.fixture()
-def kubelet(kube: KubeEmulator) -> Iterator[Any]:
-    """A local kubelet + Job controller bound to `kube` (runs pods as local processes)."""
+def kubelet(kube: KubeEmulator, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A local kubelet + Job controller bound to `kube` (runs pods as local processes).
+    Options: @pytest.mark.kubelet_options(auto_run=False, extra_env={...}, ...)."""
     from tests.standins.kubelet import Kubelet
-    k = Kubelet(kube).start()
+    k = Kubelet(kube, **_marker_kwargs(request, "kubelet_options")).start()
     try:
         yield k
     finally:

@@ -159,6 +159,7 @@ def test_namespaces_listing_and_lookup(http: Http, kube: KubeEmulator) -> None:
     assert {"default", "lectern", "kube-system"} <= {n["metadata"]["name"] for n in lst["items"]}
     code, ns, _ = http("GET", "/api/v1/namespaces/lectern")
     assert code == 200 and ns["status"]["phase"] == "Active"
+    assert ns["metadata"]["labels"] == {"kubernetes.io/metadata.name": "lectern"}
 
 
 def test_update_conflicts_on_stale_resource_version(http: Http) -> None:
@@ -376,7 +377,12 @@ def test_watch_with_selector_sees_objects_enter_and_leave(http: Http, kube: Kube
 
 
 def test_close_watches_ends_streams(http: Http, kube: KubeEmulator) -> None:
-    threading.Timer(0.3, kube.close_watches).start()
+    def close_when_watched() -> None:
+        deadline = time.monotonic() + 5
+        while not kube._watchers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kube.close_watches()
+    threading.Thread(target=close_when_watched).start()
     t0 = time.monotonic()
     assert http.watch(f"/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={kube.resource_version}", until=1) == []
     assert time.monotonic() - t0 < 3
@@ -649,14 +655,19 @@ def test_kubectl_watch_and_server_side_apply(widgets_yaml: tuple[pathlib.Path, p
     assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(cr_yaml)).stdout
     watcher = subprocess.Popen([str(kubectl_bin), "get", "wd", "-w"], env=tool_env(kubeconfig, tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 15
+        while len(lines) < 2 and time.monotonic() < deadline:  # header + the initial row
+            time.sleep(0.05)
         kube.patch("widgets", "w1", {"status": {"phase": "Running"}}, "default", subresource="status")
-        time.sleep(1.0)
+        while "Running" not in "".join(lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         watcher.terminate()
-        out, _ = watcher.communicate(timeout=10)
-    lines = out.splitlines()
+        watcher.wait(timeout=10)
     assert lines[0].split()[:3] == ["NAME", "COLOR", "PHASE"] and lines[-1].split()[:3] == ["w1", "red", "Running"]
     assert "condition met" in kubectl("wait", "--for=jsonpath={.status.phase}=Running", "wd/w1", "--timeout=5s").stdout
 
@@ -707,3 +718,21 @@ def test_official_python_client_round_trip(kube: KubeEmulator) -> None:
         with pytest.raises(kubernetes.client.ApiException) as e:
             core.read_namespaced_config_map("a", "default")
         assert e.value.status == 404
+
+
+def test_kmock_request_log_and_dsl_filters(http: Http, kube: KubeEmulator) -> None:
+    http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "a"}})
+    http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "b"}})
+    http("GET", "/api/v1/namespaces")
+    posts = list(kube["post /api/v1/namespaces/default/configmaps"])
+    assert [r.data["metadata"]["name"] for r in posts] == ["a", "b"]
+    with pytest.raises(AttributeError):
+        kube.objects  # noqa: B018 - kmock's own store stays unused: no silently empty assertions
+
+
+def test_unknown_metadata_fields_are_dropped_or_refused(http: Http) -> None:
+    code, cm, headers = http("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "a", "lables": {"x": "y"}}})
+    assert code == 201 and "lables" not in cm["metadata"] and "metadata.lables" in headers["Warning"]
+    code, st, _ = http("POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+                       {"metadata": {"name": "b", "lables": {"x": "y"}}})
+    assert code == 400 and 'unknown field "metadata.lables"' in st["message"]

@@ -194,19 +194,24 @@ def test_missing_secret_keeps_the_pod_pending(kube: KubeEmulator, kubelet: Kubel
     assert "Complete" in conditions(finished(kube))
 
 
-def test_manual_mode_finish(kube: KubeEmulator) -> None:
-    kubelet = Kubelet(kube, auto_run=False).start()
-    try:
-        kube.create(job(command=["lectern-transcode", "in", "out"], podFailurePolicy=PFP))
-        pod = kubelet.wait_for_pod("j", NS)
-        assert pod["status"]["containerStatuses"][0]["state"]["running"]
-        j = kube.wait_for("batch/v1/jobs", "j", NS, lambda j: j["status"].get("ready") == 1)
-        assert j["status"]["active"] == 1
-        kubelet.finish("j", 65, {"exitCode": 65, "reason": "not a video"}, NS)
-        j = finished(kube)
-        assert conditions(j)["Failed"]["reason"] == "PodFailurePolicy"
-    finally:
-        kubelet.stop()
+@pytest.mark.kubelet_options(auto_run=False)
+def test_manual_mode_finish(kube: KubeEmulator, kubelet: Kubelet) -> None:
+    kube.create(job(command=["lectern-transcode", "in", "out"], podFailurePolicy=PFP))
+    pod = kubelet.wait_for_pod("j", NS)
+    assert pod["status"]["containerStatuses"][0]["state"]["running"]
+    j = kube.wait_for("batch/v1/jobs", "j", NS, lambda j: j["status"].get("ready") == 1)
+    assert j["status"]["active"] == 1
+    kubelet.finish("j", 65, {"exitCode": 65, "reason": "not a video"}, NS)
+    j = finished(kube)
+    assert conditions(j)["Failed"]["reason"] == "PodFailurePolicy"
+    [pod] = job_pods(kube)
+    assert json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])["reason"] == "not a video"
+
+
+@pytest.mark.kube_options(auto_namespaces=True)
+def test_marker_options(kube: KubeEmulator) -> None:
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "fresh"}})
+    assert kube.get("namespaces", "fresh") is not None
 
 
 def test_suspend_and_resume(kube: KubeEmulator, kubelet: Kubelet) -> None:
@@ -256,3 +261,13 @@ def test_scratch_size_limit_evicts(kube: KubeEmulator, kubelet: Kubelet) -> None
     assert "Failed" in conditions(j)
     [pod] = job_pods(kube)
     assert pod["status"]["reason"] == "Evicted" and conditions(pod)["DisruptionTarget"]["reason"] == "TerminationByKubelet"
+
+
+def test_bare_commands_resolve_in_the_venv_and_start_errors(kube: KubeEmulator, kubelet: Kubelet) -> None:
+    kube.create(job("py", command=["python", "-c", "import sys; print(sys.prefix)"]))
+    assert "Complete" in conditions(finished(kube, "py"))
+    assert kubelet.logs(job_pods(kube, "py")[0]["metadata"]["name"]).strip() == sys.prefix
+    kube.create(job("nope", command=["no-such-binary-here"], backoffLimit=0))
+    assert "Failed" in conditions(finished(kube, "nope"))
+    term = job_pods(kube, "nope")[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (128, "StartError")

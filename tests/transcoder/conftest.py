@@ -1,7 +1,7 @@
 """Shared helpers for the transcoder tests: generated media, the CLI as a subprocess, ffprobe.
 
 Media is generated per session by real ffmpeg into a temp dir (nothing is committed) and kept
-tiny (mostly 320x180–640x360, 2 s, 15 fps) so the whole suite stays within about a minute on
+tiny (mostly 320x180–640x360, 1 s, 15 fps) so the whole suite stays within about a minute on
 a busy 2-core machine. Scaling is exercised cheaply with `--max-height` where the exact 720p
 bound is not the point."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lectern_transcoder import sample
+from lectern_transcoder import profile, sample
 
 CLI = str(Path(sys.executable).with_name("lectern-transcode"))
 
@@ -110,7 +110,7 @@ def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
     made: dict[str, Path] = {}
 
-    def make(name: str, duration: float = 2.0, size: str = "320x180", fps: float = 15, **kw) -> Path:
+    def make(name: str, duration: float = 1.0, size: str = "320x180", fps: float = 15, **kw) -> Path:
         if name not in made:
             kw.setdefault("preset", "ultrafast")  # inputs only: fast to make
             made[name] = sample.generate(root / name, duration, size, fps=fps, **kw)
@@ -118,3 +118,10 @@ def media(tmp_path_factory):
 
     make.root = root
     return make
+
+
+def compliant_input(media):
+    """H.264 High 8-bit 4:2:0 within bounds at a low bitrate, with AAC as the profile makes it."""
+    return media(f"compliant-{profile.AUDIO_CHANNELS}ch-{profile.AUDIO_BITRATE_KBPS}k.mp4", size="640x360",
+                 preset="veryfast", crf=30, audio_bitrate=f"{profile.AUDIO_BITRATE_KBPS}k",
+                 audio_channels=profile.AUDIO_CHANNELS)

@@ -16,7 +16,7 @@ import pytest
 from lectern_transcoder import upload as upload_mod
 from lectern_transcoder.errors import Transient
 
-from .conftest import CLI, assert_streamable
+from .conftest import CLI, assert_streamable, compliant_input
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def raw(media, emu):
 def compliant(media, emu):
     """A raw upload that is already streamable: the remux path, so tests about the transfer
     itself spend no CPU on encoding."""
-    src = media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")
+    src = compliant_input(media)
     emu.put_asset(src, "raw/lec2")
     return src
 
@@ -72,9 +72,10 @@ def test_download_encode_upload(emu, raw, run_cli, cli_env):
     stages = [e["stage"] for e in res.events if e["event"] == "progress"]
     assert stages[0] == "downloading" and "uploading" in stages and stages[-1] == "done"
     # a retry of the same transcode overwrites, never duplicates
-    res2 = run_cli(url, "cloudinary:lectures/lec1/0123456789ab", env=cli_env)
-    assert res2.returncode == 0, res2.stderr
-    assert len([a for a in emu.assets if a[1].startswith("lectures/lec1/")]) == 1
+    again = upload_mod.upload(asset.path, "lectures/lec1/0123456789ab")
+    assert again["public_id"] == "lectures/lec1/0123456789ab"
+    assert [a for a in emu.assets if a[1].startswith("lectures/")] == [("video", "lectures/lec1/0123456789ab")]
+    assert emu.uploads[-1]["params"]["overwrite"] in ("1", "true", "True")
 
 
 def test_download_resumes_after_dropped_connection(emu, compliant, run_cli, cli_env, tmp_path):
@@ -130,7 +131,7 @@ def test_upload_gives_up_as_transient(emu, compliant, tmp_path):
 
 def test_cloudinary_output_needs_credentials(run_cli, media, tmp_path, monkeypatch):
     monkeypatch.delenv("CLOUDINARY_URL", raising=False)
-    res = run_cli(str(media("compliant.mp4", size="640x360", preset="veryfast", crf=30, audio_bitrate="96k")), "cloudinary:a/b")
+    res = run_cli(str(compliant_input(media)), "cloudinary:a/b")
     assert res.returncode == 70 and "CLOUDINARY_URL is not set" in res.termination["reason"]
     assert not [e for e in res.events if e.get("stage") == "encoding"]  # failed before any work
 
