@@ -49,6 +49,7 @@ class Services:
         self.reconciler: Reconciler | None = None
         self.admission = Admission(settings, self.start)
         self._retry: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def kube(self) -> Kube:
@@ -63,8 +64,9 @@ class Services:
         self.reconciler = Reconciler(self.settings, lambda: self.kube, self.lectures, self.notifier)
 
     async def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        for task in [self._retry, *self._tasks]:
+            if task is not None:
+                task.cancel()
         if self.notifier is not None:
             await self.notifier.close()
         if self._kube is not None:
@@ -72,9 +74,20 @@ class Services:
         self.lectures.close()
 
     async def admit(self, index: Any, *, force: bool = True) -> None:
-        """Never raises: a failed run is retried after LECTERN_ADMIT_INTERVAL_SECONDS."""
+        """Request an admission pass in the background and return at once: a long pass never
+        holds up the calling object's own events (e.g. its progress reports). Requests made
+        while a pass runs coalesce into one more pass."""
         if not force and not self.admission.due():
             return
+        if self.admission.busy:
+            await self.admission.admit(index.get("all", ()) if index is not None else (), force=force)  # marks pending
+            return
+        task = asyncio.create_task(self._admit_now(index, force=force))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _admit_now(self, index: Any, *, force: bool = True) -> None:
+        """Never raises: a failed run is retried after LECTERN_ADMIT_INTERVAL_SECONDS."""
         try:
             started = await self.admission.admit(index.get("all", ()) if index is not None else (), force=force)
         except Exception as exc:
@@ -87,7 +100,7 @@ class Services:
 
     async def _admit_later(self, index: Any) -> None:
         await asyncio.sleep(self.settings.admit_interval_seconds)
-        await self.admit(index)
+        await self._admit_now(index)
 
     async def start(self, entry: Entry) -> bool:
         """Queued -> Running for one CR: status first (it is what the cap counts), then the Job."""

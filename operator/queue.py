@@ -94,6 +94,10 @@ class Admission:
                 del self._overrides[key]
         return out
 
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
     def due(self) -> bool:
         """Whether an unforced (periodic) run is due: none for an admit interval."""
         return time.monotonic() - self._last_run >= self.settings.admit_interval_seconds

@@ -223,6 +223,8 @@ class Intake:
                 self.metrics.kube_errors.inc()
                 if self.stopping.is_set():
                     raise _Release() from exc
+                if isinstance(exc, Conflict):
+                    raise  # the caller's business (adopt)
                 if not exc.transient:
                     raise UnrecoverableError(str(exc)) from exc
                 remaining = deadline - time.monotonic()
@@ -247,6 +249,8 @@ class Intake:
                 self.cache.put(obj)
                 return obj
             except Conflict:
+                log.info("job %s: VideoTranscode %s was created meanwhile (another replica?); adopting it",
+                         job.id, name)
                 existing = await self._retrying("read VideoTranscode", lambda: self.api.get(name))
                 if existing is None:
                     raise KubeError(f"VideoTranscode {name} conflicted on create but is gone", transient=True)
@@ -291,8 +295,8 @@ class Intake:
                 older.append(item)
         if newer is not None:
             newer_name = newer["metadata"]["name"]
-            if own is not None:
-                await self._delete_superseded(own, newer_name)
+            if own is not None and (own.get("status") or {}).get("phase") not in FINAL_PHASES:
+                await self._delete_superseded(own, newer_name)  # a finished one stays as history
             raise Superseded(f"superseded by a newer upload of lecture {payload.lecture_id} "
                              f"(VideoTranscode {newer_name})")
         for item in older:

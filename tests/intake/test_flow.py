@@ -199,3 +199,27 @@ def test_health_and_metrics_endpoints(flow):
         assert f"lectern_intake_{metric}" in m, metric
     for reason in ("invalid", "transcode_failed", "superseded", "deleted", "error"):
         assert f'lectern_intake_jobs_failed_total{{reason="{reason}"}}' in m
+
+
+def test_create_conflict_adopts_what_another_replica_created(flow):
+    # Another replica created this job's CR between our read and our create: 409 -> adopt.
+    from lectern_operator.intake import resources as res
+    from lectern_operator.intake.payload import parse_payload
+
+    delta = Delta(flow.intake)
+    data = lecture_data(lecture="raced")
+    job_id, ts = "raced-job-1", 1_700_000_000_000
+    queue = f"bull:{flow.queue}"
+    name = res.cr_name("raced", job_id, ts, queue)
+    body = res.cr_body(parse_payload(data, ["res.cloudinary.com"]), name=name, namespace=NAMESPACE,
+                       job_id=job_id, job_timestamp=ts, queue=queue)
+    flow.kube.create(body)
+    flow.kube[f"get /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes/{name}"][:1] << 404
+    assert flow.producer.add(data, {"jobId": job_id, "timestamp": ts}) == job_id
+    flow.events.wait(job_id, "active")
+    flow.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
+    assert flow.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
+    assert len(flow.transcodes("media.lectern.dev/lecture-id=raced")) == 1
+    assert delta("lectern_intake_transcodes_adopted_total") == 1
+    assert delta("lectern_intake_transcodes_created_total") == 0
+    assert f"VideoTranscode {name} was created meanwhile" in flow.intake.log()

@@ -1716,6 +1716,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def delete(self, resource: str, name: str, namespace: str | None = None,
                propagation: str | None = "Background", grace: int | None = None) -> None:
+        """Delete like `kubectl delete` (Background propagation); propagation=None gives the
+        REST default (which orphans a batch/v1 Job's pods), grace=0 a forced pod deletion."""
         rt = self.resolve(resource)
         options: dict[str, Any] = {"propagationPolicy": propagation} if propagation else {}
         if grace is not None:
