@@ -70,6 +70,7 @@ VARIANTS = {
     "scale threads=2": dict(scale_extra=":threads=2"),
     "scale bilinear": dict(scale_extra=":flags=bilinear"),
     "threads=auto": dict(threads=None),
+    "x264 threads=1": dict(threads=1, dec_threads=2),
 }
 CONFIGS = {"seed": seed, **{name: lectern(**{**BASE, **v}) for name, v in VARIANTS.items()}}
 

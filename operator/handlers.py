@@ -191,7 +191,9 @@ def build_registry(settings: Settings | None = None, services: Services | None =
     def vt_queue(body: kopf.Body, **_: Any) -> dict[str, Entry]:
         return {"all": entry_from_body(body)}
 
-    @kopf.on.create(*RESOURCE, id="queue", registry=reg, backoff=2)
+    # Not id="queue": kopf keeps handler progress in the annotation `<GROUP>/<id>`, and
+    # `media.lectern.dev/queue` is the intake's (the BullMQ queue the CR came from).
+    @kopf.on.create(*RESOURCE, id="admit", registry=reg, backoff=2)
     async def created(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
                       vt_queue: kopf.Index, **_: Any) -> None:
         path = Kube.vt_path(namespace, name) + "/status"

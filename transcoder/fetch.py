@@ -12,7 +12,14 @@ certificate check and the Host header), so a DNS answer that changes between che
 Test-only escape: `LECTERN_TEST_INSECURE_LOOPBACK=127.0.0.1:PORT[,…]` lets plain http to those
 exact loopback ports through, because the test Cloudinary emulator runs on 127.0.0.1. Entries
 that are not loopback IP literals are refused, so it cannot open the way to anything but a
-local port someone named explicitly; the Helm chart never sets it."""
+local port someone named explicitly; the Helm chart never sets it. With an https URL the
+certificate is still verified: the tests' emulator presents one from a throw-away CA, trusted
+through `SSL_CERT_FILE`.
+
+Trust: https downloads verify against certifi's CA bundle, or against the file named by
+`SSL_CERT_FILE` when that is set (OpenSSL's own variable, as for any OpenSSL client: a private
+CA or a TLS-inspecting proxy in front of the CDN; the tests' local CA). Unset in the chart, so
+production trusts certifi's public CAs only."""
 
 from __future__ import annotations
 
@@ -77,6 +84,7 @@ class FetchPolicy:
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     max_bytes: int = DEFAULT_MAX_BYTES
     insecure_loopback: frozenset[tuple[str, int]] = frozenset()
+    ca_bundle: str | None = None  # CA file for https (None: certifi's, else the system store)
     attempts: int = 6
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 8.0
@@ -92,7 +100,8 @@ class FetchPolicy:
             env = os.environ.get("LECTERN_MAX_DOWNLOAD_BYTES", "").strip()
             max_bytes = int(env) if env else DEFAULT_MAX_BYTES
         return cls(allowed_hosts=parsed, max_bytes=max_bytes,
-                   insecure_loopback=parse_insecure_loopback(os.environ.get(INSECURE_LOOPBACK_ENV)))
+                   insecure_loopback=parse_insecure_loopback(os.environ.get(INSECURE_LOOPBACK_ENV)),
+                   ca_bundle=os.environ.get("SSL_CERT_FILE") or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +198,13 @@ def _pool(target: Target, address: str, policy: FetchPolicy) -> urllib3.HTTPConn
     timeout = urllib3.Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
     if target.scheme == "http":
         return urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, retries=False, maxsize=1)
-    try:
-        import certifi
-        ca_certs = certifi.where()
-    except ImportError:  # the system store then
-        ca_certs = None
+    ca_certs = policy.ca_bundle
+    if ca_certs is None:
+        try:
+            import certifi
+            ca_certs = certifi.where()
+        except ImportError:  # the system store then
+            ca_certs = None
     return urllib3.HTTPSConnectionPool(
         address, target.port, timeout=timeout, retries=False, maxsize=1, cert_reqs="CERT_REQUIRED",
         ca_certs=ca_certs, assert_hostname=target.host, server_hostname=target.host)

@@ -32,6 +32,14 @@ What is emulated, and why it matters for Lectern:
 Differences from the real service, on purpose: `url` and `secure_url` in upload answers are
 the emulator's own plain-http delivery URLs (so a test can download what was uploaded), there
 is no minimum chunk size, and a transformation that changes nothing serves the original bytes.
+
+Optional TLS: `CloudinaryEmulator(tls=(certfile, keyfile))` (see `tests/standins/tls.py` for a
+throw-away CA) adds a second, https listener on 127.0.0.1 serving the same routes. Then
+`delivery_url()` / `secure_url_for()` default to `https://127.0.0.1:TLS_PORT/...` and upload
+answers carry an https `secure_url` (and the plain-http `url`), as the real service does; the
+upload API stays reachable over plain http at `base_url` (the CLOUDINARY_URL's
+`upload_prefix`), so the SDK needs no extra trust. Clients of the https listener must trust
+the test CA (e.g. `SSL_CERT_FILE`).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import random
 import re
 import shutil
 import socket
+import ssl
 import string
 import subprocess
 import tempfile
@@ -164,8 +173,11 @@ class CloudinaryEmulator:
     """The server plus its state. Start it once per session; `reset()` between tests."""
 
     def __init__(self, root: Path | None = None, cloud_name: str = "democloud",
-                 api_key: str = "123456789012345", api_secret: str = "emulator-secret") -> None:
+                 api_key: str = "123456789012345", api_secret: str = "emulator-secret",
+                 tls: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="lectern-cloudinary-"))
+        self.tls = tls  # (certfile, keyfile): also serve https on a second port
+        self._tls_server: ThreadingHTTPServer | None = None
         self.cloud_name, self.api_key, self.api_secret = cloud_name, api_key, api_secret
         self._lock = threading.RLock()
         self._derive_locks: dict[str, threading.Lock] = {}
@@ -184,9 +196,19 @@ class CloudinaryEmulator:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="cloudinary-emulator",
                          daemon=True).start()
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*(str(p) for p in self.tls))
+            self._tls_server = _TlsServer(("127.0.0.1", 0), Handler, ctx)
+            threading.Thread(target=self._tls_server.serve_forever, name="cloudinary-emulator-tls",
+                             daemon=True).start()
         return self
 
     def stop(self) -> None:
+        if self._tls_server:
+            self._tls_server.shutdown()
+            self._tls_server.server_close()
+            self._tls_server = None
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -225,6 +247,15 @@ class CloudinaryEmulator:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def tls_port(self) -> int:
+        assert self._tls_server, "emulator not started with tls=(certfile, keyfile)"
+        return self._tls_server.server_address[1]
+
+    @property
+    def https_base_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
     def cloudinary_url(self) -> str:
         """The CLOUDINARY_URL that points the SDK's upload API at this server."""
         return (f"cloudinary://{self.api_key}:{self.api_secret}@{self.cloud_name}"
@@ -232,11 +263,16 @@ class CloudinaryEmulator:
 
     def delivery_url(self, public_id: str, transformation: str | None = None, *,
                      resource_type: str = "video", format: str | None = "mp4",
-                     version: int | None = None, sign_url: bool = False) -> str:
+                     version: int | None = None, sign_url: bool = False,
+                     secure: bool | None = None) -> str:
         """The emulator's equivalent of `https://res.cloudinary.com/<cloud>/<rt>/upload/...`,
         built by the SDK itself (a `cname` with `secure=False` yields `http://<cname>/<cloud>/`),
-        so the layout (version, signature segment) is exactly what real code would produce."""
+        so the layout (version, signature segment) is exactly what real code would produce.
+        `secure` (default: whether the emulator has a TLS listener) gives the https URL."""
         import cloudinary.utils
+
+        if secure is None:
+            secure = self._tls_server is not None
 
         url, _ = cloudinary.utils.cloudinary_url(
             public_id, resource_type=resource_type, type="upload", format=format,
@@ -244,6 +280,8 @@ class CloudinaryEmulator:
             cloud_name=self.cloud_name, api_secret=self.api_secret, secure=False,
             cname=f"127.0.0.1:{self.port}", private_cdn=False, secure_distribution=None,
             cdn_subdomain=False, force_version=version is not None)
+        if secure:  # the same path on the https listener
+            url = self.https_base_url + url[len(self.base_url):]
         return url
 
     def secure_url_for(self, public_id: str, **kw) -> str:
@@ -295,7 +333,9 @@ class CloudinaryEmulator:
     def _answer(self, a: Asset, **extra) -> dict:
         """An upload answer shaped like the real one (the fields code commonly reads)."""
         url = self.delivery_url(a.public_id, resource_type=a.resource_type, version=a.version,
-                                format=None if a.resource_type == "raw" else a.format)
+                                format=None if a.resource_type == "raw" else a.format, secure=False)
+        secure_url = self.delivery_url(a.public_id, resource_type=a.resource_type, version=a.version,
+                                       format=None if a.resource_type == "raw" else a.format)
         out = {
             "asset_id": hashlib.md5(f"{a.resource_type}/{a.public_id}".encode()).hexdigest(),
             "public_id": a.public_id, "version": a.version,
@@ -304,7 +344,7 @@ class CloudinaryEmulator:
                                       f"{self.api_secret}".encode()).hexdigest(),
             "format": a.format, "resource_type": a.resource_type, "created_at": a.created_at,
             "tags": [], "bytes": a.bytes, "type": "upload", "etag": a.etag, "placeholder": False,
-            "url": url, "secure_url": url, "folder": a.public_id.rpartition("/")[0],
+            "url": url, "secure_url": secure_url, "folder": a.public_id.rpartition("/")[0],
             "original_filename": a.original_filename, "api_key": self.api_key,
         }
         if a.resource_type == "raw":
@@ -582,6 +622,32 @@ def _merge(ranges):
         else:
             out.append([a, b])
     return out
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """The https listener: the TLS handshake runs in the request's own thread (a client that
+    stalls or refuses the certificate never blocks the accept loop)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(30)
+        try:
+            conn = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):  # e.g. the client does not trust the test CA
+            return
+        try:
+            conn.settimeout(None)
+            super().finish_request(conn, client_address)
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):

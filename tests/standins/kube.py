@@ -1638,7 +1638,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             text = self.log_provider(ns, name) if self.log_provider else ""
             return aiohttp.web.Response(text=text or "", content_type="text/plain")
         if raw.method == "GET":
-            if params.get("watch") in ("true", "1"):
+            # The real API server parses `watch` like any bool query parameter: everything but
+            # "0"/"false" (any case) is true, also "True" (the Python client) and an empty value.
+            if params.get("watch") is not None and params["watch"].lower() not in ("0", "false"):
                 if name:
                     params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={name}"]))
                 return await self._serve_watch(raw, rt, ns, params)
