@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -31,8 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench" / "out"
 BIN = Path(sys.executable).parent
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -95,64 +92,18 @@ def vmaf(out: Path, src: Path, exe: str) -> float:
 
 
 # -- the lecture-like sample -------------------------------------------------------------------
-def _bench_sample(out: Path, duration: float, size: str) -> None:
-    """Slides whose bullets appear every 3 s and change every 15 s, a laser pointer, a noisy
-    camera inset of a moving speaker, and pink noise shaped like speech (syllable envelope,
-    pauses, telephone band) in stereo; encoded the way a screen recorder would (6 Mbit/s)."""
-    w, h = (int(x) for x in size.split("x"))
-    k = h / 1080
-    text = ""
-    for s in range(int(duration // 15) + 1):
-        t0, t1 = s * 15, s * 15 + 15
-        text += (f",drawtext=fontfile={FONT_BOLD}:text='Lecture 4 - Part {s + 1} - Dynamic "
-                 f"programming':x={int(120 * k)}:y={int(90 * k)}:fontsize={int(64 * k)}:"
-                 f"fontcolor=0x1a2a4a:enable='between(t,{t0},{t1})'")
-        for b in range(4):
-            text += (f",drawtext=fontfile={FONT}:text='- Point {b + 1} of slide {s + 1} with some "
-                     f"explanation O(n log n)':x={int(160 * k)}:y={int((260 + b * 90) * k)}:"
-                     f"fontsize={int(44 * k)}:fontcolor=0x202020:enable='between(t,{t0 + 3 * b},{t1})'")
-    cw, ch = int(480 * k) // 2 * 2, int(270 * k) // 2 * 2
-    graph = (
-        f"[0:v]drawbox=x=0:y=0:w={w}:h={int(40 * k)}:color=0x1a2a4a:t=fill{text},"
-        f"drawbox=x='{int(700 * k)}+{int(300 * k)}*sin(t/3)':y={int(620 * k)}:w=12:h=12:color=red:t=fill[slides];"
-        f"[2:v]scale={int(120 * k)}:{int(150 * k)}[head];"
-        f"[1:v][head]overlay=x='{int(180 * k)}+{int(25 * k)}*sin(t*0.9)':y='{int(70 * k)}+{int(8 * k)}*sin(t*1.7)',"
-        f"drawbox=x={int(150 * k)}:y={int(200 * k)}:w={int(180 * k)}:h={int(70 * k)}:color=0x303040:t=fill,"
-        f"noise=alls=14:allf=t+u,gblur=sigma=1.2[cam];"
-        f"[slides][cam]overlay=x={w - cw - int(30 * k)}:y={h - ch - int(30 * k)}[v];"
-        f"[3:a]bandpass=f=900:width_type=h:w=1800,volume='if(lt(mod(t,6.3),4.8),"
-        f"0.25+0.75*abs(sin(2*PI*2.1*t)*sin(2*PI*0.43*t)),0.03)':eval=frame,"
-        f"aformat=channel_layouts=stereo[a]")
-    subprocess.run([
-        "ffmpeg", "-nostdin", "-y", "-v", "error",
-        "-f", "lavfi", "-i", f"color=c=0xf5f3ee:s={size}:r=30:d={duration}",
-        "-f", "lavfi", "-i", f"color=c=0x4a5a6a:s={cw}x{ch}:r=30:d={duration}",
-        "-f", "lavfi", "-i", f"color=c=0xd0a080:s=120x150:r=30:d={duration}",
-        "-f", "lavfi", "-i", f"anoisesrc=color=pink:r=48000:d={duration}:a=0.5",
-        "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
-        "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-maxrate", "8M", "-bufsize", "12M",
-        "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k", "-movflags", "+faststart",
-        str(out)], check=True)
-
-
 def lecture_sample(duration: float, size: str = "1920x1080") -> Path:
-    """The cached clip: made by the transcoder's own generator when it is there (so the
-    benchmark and the demo see the same kind of lecture), else by `_bench_sample`."""
+    """The cached clip, made by the transcoder's own generator (`lectern_transcoder.sample`:
+    slides, a noisy speaker inset, speech-like stereo AAC) so that the benchmark, the sweep and
+    the demo all see the same kind of lecture."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        import lectern_transcoder.sample  # noqa: F401
-        gen = "lectern"
-    except ImportError:
-        gen = "bench"
-    out = OUT_DIR / f"lecture-{gen}-{size}-{duration:g}s.mp4"
+    out = OUT_DIR / f"lecture-lectern-{size}-{duration:g}s.mp4"
     if not out.exists():
         tmp = out.with_suffix(".tmp.mp4")
-        print(f"generating {out.name} ({gen} generator) ...", file=sys.stderr, flush=True)
-        if gen == "lectern":
-            subprocess.run([sys.executable, "-m", "lectern_transcoder.sample", str(tmp),
-                            "--duration", f"{duration:g}", "--size", size], check=True)
-        else:
-            _bench_sample(tmp, duration, size)
+        print(f"generating {out.name} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "lectern_transcoder.sample", str(tmp),
+                        "--duration", f"{duration:g}", "--size", size], check=True,
+                       stdout=subprocess.DEVNULL)
         tmp.rename(out)
     return out
 

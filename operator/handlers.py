@@ -141,9 +141,11 @@ class Services:
 
 def configure(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
     # kopf's own bookkeeping goes to annotations: status holds only what users read.
-    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    # Own prefix (`operator.media.lectern.dev/<handler>`): never collides with the intake's
+    # `media.lectern.dev/*` annotations and labels.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"operator.{api.GROUP}")
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration")
+        prefix=f"operator.{api.GROUP}", key="last-handled-configuration")
     kopf_settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     kopf_settings.posting.level = logging.WARNING  # kopf's own warnings; our transition events use kopf.event
     kopf_settings.watching.server_timeout = s.watch_timeout_seconds

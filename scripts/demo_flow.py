@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,9 +94,7 @@ class Kubectl:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
-    from bson import ObjectId
-
-    from tests.e2e.stack import FlowStack, LectureWatch
+    from tests.e2e.stack import FlowStack
     from tests.standins.services import MongoServer, RedisServer
 
     # 1. The instructor's raw recording.
@@ -122,7 +121,27 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             except Exception as exc:  # noqa: BLE001 - the story goes on without it
                 say(f"(kubectl not available: {exc})", 2)
                 kubectl = None
-            return story(args, stack, kubectl, clip, src, ObjectId, LectureWatch)
+            return story(args, stack, kubectl, clip, src)
+
+
+STAGES = {
+    "downloading": "(the raw upload, as a <=1280 px rendition Cloudinary scales on delivery: c_limit)",
+    "probing": "(ffprobe: is it a usable video?)",
+    "encoding": "(ffmpeg -> 720p H.264 + AAC, +faststart)",
+    "uploading": "(upload_large to Cloudinary)",
+}
+
+
+def _show_pod_line(line: str) -> None:
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return
+    if e.get("event") == "plan":
+        say(f"transcoder plan: {e['mode']} {e['codec']} {e['input']} -> h264 {e['output']} ({e['why']}; "
+            f"audio {e['audio']}, {e['threads']} threads)", 2)
+    elif e.get("event") == "failed":
+        say(f"transcoder failed (exit {e.get('exitCode')}): {e.get('reason')}", 2)
 
 
 def _mkdir(p: Path) -> Path:
@@ -130,7 +149,11 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def story(args, stack, kubectl, clip: Path, src: dict, ObjectId, LectureWatch) -> int:
+def story(args: argparse.Namespace, stack, kubectl: Kubectl | None, clip: Path, src: dict) -> int:
+    from bson import ObjectId
+
+    from tests.e2e.stack import LectureWatch
+
     lecture_id = str(ObjectId())
     print()
     say("The platform API receives the upload:")
@@ -149,6 +172,9 @@ def story(args, stack, kubectl, clip: Path, src: dict, ObjectId, LectureWatch) -
     seen_events = seen_notes = seen_statuses = 0
     vt_name = None
     shown_running = False
+    stage = None
+    pod_name = None
+    pod_lines = 0
     outcome = None
     try:
         while outcome is None:
@@ -161,14 +187,25 @@ def story(args, stack, kubectl, clip: Path, src: dict, ObjectId, LectureWatch) -
                     say(f"intake: VideoTranscode {vt_name} created")
                     if kubectl:
                         kubectl.show("get", "vt")
-            elif not shown_running:
-                vt = stack.kube.get("videotranscodes", vt_name, NS) or {}
-                if (vt.get("status") or {}).get("phase") == "Running":
+            else:
+                st = (stack.kube.get("videotranscodes", vt_name, NS) or {}).get("status") or {}
+                if not shown_running and st.get("phase") == "Running":
                     shown_running = True
-                    st = vt["status"]
                     say(f"operator: admitted, Job {st.get('jobName')} created; the kubelet runs lectern-transcode")
                     if kubectl:
                         kubectl.show("get", "vt")
+                report = st.get("report") or {}
+                if report.get("stage") and report["stage"] != stage:
+                    stage = report["stage"]
+                    say(f"transcoder pod reports: {stage} {STAGES.get(stage, '')}".rstrip())
+                if st.get("jobName") and pod_name is None:
+                    pods = stack.pods_of(st["jobName"])
+                    pod_name = pods[0]["metadata"]["name"] if pods else None
+                if pod_name:  # the pod's own JSON log lines: what it decided to do
+                    lines = stack.kubelet.logs(pod_name, NS).splitlines()
+                    for line in lines[pod_lines:]:
+                        _show_pod_line(line)
+                    pod_lines = len(lines)
             statuses = watch.statuses
             for status in statuses[seen_statuses:]:
                 if seen_statuses or status != "AWAITING_MEDIA":
@@ -223,6 +260,10 @@ def story(args, stack, kubectl, clip: Path, src: dict, ObjectId, LectureWatch) -
     out_file.write_bytes(stack.https_get(video_url))  # what a student's player downloads
     out = probe(out_file)
     cost = vt["status"].get("cost") or {}
+    fetched = [r for r in stack.cloudinary.requests if r["route"] == "delivery" and r["method"] == "GET"
+               and "/raw/" in r["path"]]
+    for r in fetched:
+        say(f"the pod fetched {r['path']} -> HTTP {r['status']}, {mb(r['bytes'])}", 2)
     print()
     say("What the student streams instead of the raw upload:")
     print(f"{'':14}{'resolution':>12}{'size':>12}{'kbit/s':>9}  video / audio")
@@ -240,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1920x1080", help="WxH of the raw upload (default 1920x1080)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the result (default 300)")
     args = p.parse_args(argv)
+    print("Lectern, the whole flow: API queue -> intake -> VideoTranscode -> operator -> Job -> transcoder "
+          "-> Lecture READY", flush=True)
     try:
         check_prerequisites()
     except DemoError as exc:
@@ -259,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndemo_flow: interrupted; tearing down", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - say what broke, with the logs, then clean up
+        traceback.print_exc()
+        _dump_logs(tmp)
+        return 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         say("Everything stopped; temporary files removed.")

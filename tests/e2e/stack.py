@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -315,6 +314,17 @@ class FlowStack:
             return items[0] if items else None
         return wait_until(find, timeout, 0.05, f"a VideoTranscode for job {job_id}")
 
+    def finals_in_stream(self, lecture_id: str) -> list[dict]:
+        """The final notifications of a lecture in `notifications:stream` (the durable copy a
+        Socket.IO server catches up from)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            entries = client.xrange(self.settings.notifications_stream)
+        finally:
+            client.close()
+        finals = [json.loads(fields[b"data"]) for _, fields in entries]
+        return [m for m in finals if m.get("lectureId") == lecture_id]
+
     def pods_of(self, job_name: str) -> list[dict]:
         return self.kube.list("v1/pods", NAMESPACE, labels=f"batch.kubernetes.io/job-name={job_name}")
 
@@ -332,7 +342,3 @@ class FlowStack:
             name = pod["metadata"]["name"]
             parts.append(f"----- pod {name} -----\n{self.kubelet.logs(name, NAMESPACE)[-4000:]}")
         return "\n".join(parts)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ Only Kubernetes (API-server emulator + local kubelet), Cloudinary (emulator) and
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip):
     assert sent and sent == sorted(sent) and all(0 < p < 100 for p in sent), sent
     assert all(m["userId"] == INSTRUCTOR and m.get("message") for m in msgs), msgs
     assert ready["videoUrl"] == video_url
+    assert [m["type"] for m in stack.finals_in_stream(lecture_id)] == ["ready"]
 
     # --- the VideoTranscode: Succeeded, 100 %, the transcoder's figures
     vt = stack.transcode_for(job_id)
@@ -98,11 +100,15 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip):
     info = assert_streamable(out.path)
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (1280, 720)
+    assert [s["codec_name"] for s in info["streams"] if s["codec_type"] == "audio"] == ["aac"]
     assert out.bytes < asset.bytes / 5, (out.bytes, asset.bytes)  # it is the point of it all
 
     # --- one pod, and its scratch emptyDir is empty again
     pods = stack.pods_of(st["jobName"])
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Succeeded"
+    log = stack.kubelet.logs(pods[0]["metadata"]["name"], NAMESPACE)
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert [e["mode"] for e in events if e.get("event") == "done"] == ["transcode"], log[-2000:]  # not a remux
     scratch = stack.kubelet.scratch_dir(pods[0]["metadata"]["name"], "scratch", NAMESPACE)
     assert scratch.is_dir() and list(scratch.iterdir()) == [], list(scratch.iterdir())
 
@@ -149,5 +155,6 @@ def test_unusable_input_fails_once_with_a_reason(stack, tmp_path):
     assert order.count("failed") == 1 and "completed" not in order, order
     types = [m["type"] for m in stack.notifications.of(lecture_id)]
     assert types.count("failed") == 1 and "ready" not in types, types
+    assert [m["type"] for m in stack.finals_in_stream(lecture_id)] == ["failed"]
     assert len(stack.pods_of(vt["status"]["jobName"])) == 1
     assert len(stack.kube.list("videotranscodes", NAMESPACE, labels=f"media.lectern.dev/lecture-id={lecture_id}")) == 1

@@ -336,6 +336,7 @@ async def test_two_replicas_never_both_act(kube, operator_factory, lectures, not
         kube.create(make_cr(f"vt-p{i}", f"p{i}"))
     await wait_until(lambda: sum(v.get("status", {}).get("phase") == "Running" for v in kube.list("vt", NS)) == 2,
                      what="two running")
+    await wait_until(lambda: len(kube.list("jobs", NS)) == 2, what="two Jobs")
     await asyncio.sleep(1.0)
     assert len(kube.list("jobs", NS)) == 2
     for v in kube.list("vt", NS):
@@ -347,4 +348,4 @@ async def test_two_replicas_never_both_act(kube, operator_factory, lectures, not
     await kube.await_for("vt", running[0]["metadata"]["name"], NS, phase_is("Succeeded"), timeout=20)
     await wait_until(lambda: sum(v.get("status", {}).get("phase") == "Running" for v in kube.list("vt", NS)) == 2,
                      what="slot refilled by the standby", timeout=15)
-    assert len(kube.list("jobs", NS)) == 3
+    await wait_until(lambda: len(kube.list("jobs", NS)) == 3, what="its Job")
