@@ -160,6 +160,12 @@ class Reconciler:
     # -- the running phase ----------------------------------------------------------------
 
     async def running(self, body: Mapping[str, Any], memo: Any, logger: logging.Logger) -> dict[str, Any]:
+        # Read the CR itself rather than trust the watch: in a burst of events the watched copy
+        # can lag by seconds, and the report (progress) should reach users without that delay.
+        meta = body["metadata"]
+        fresh = await self.kube.get(Kube.vt_path(meta.get("namespace", "default"), meta["name"]))
+        if fresh is not None and (fresh.get("status") or {}).get("phase") == "Running":
+            body = fresh
         meta, spec = body["metadata"], body.get("spec") or {}
         status: dict[str, Any] = dict(body.get("status") or {})
         name, ns, uid = meta["name"], meta.get("namespace", "default"), meta.get("uid")
@@ -229,13 +235,13 @@ class Reconciler:
         finished = job_finished(job)
         if finished:
             final, cond = finished
-            # The last report may not have reached us through the watch yet: read it fresh.
-            fresh = await self.kube.get(Kube.vt_path(ns, name))
-            if fresh is not None:
-                report = (fresh.get("status") or {}).get("report") or report
-                cost = self.cost_from(report, status)
-                if cost and cost != status.get("cost"):
-                    patch["cost"] = status["cost"] = cost
+            if not report.get("videoUrl"):  # the final report may have landed after our read
+                again = await self.kube.get(Kube.vt_path(ns, name))
+                if again is not None:
+                    report = (again.get("status") or {}).get("report") or report
+                    cost = self.cost_from(report, status)
+                    if cost and cost != status.get("cost"):
+                        patch["cost"] = status["cost"] = cost
             patch.update(await self.finish(body, status, final, cond, pods, report, logger))
             return patch
 

@@ -50,7 +50,7 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip):
         progress = stack.events.progress(job_id)
         assert progress and all(type(p) is int and 0 <= p <= 100 for p in progress), progress
         assert progress == sorted(set(progress)), progress  # strictly increasing: sent on change only
-        assert progress[-1] == 100
+        assert progress[-1] == 100 and any(0 < p < 100 for p in progress), progress
         order = _order(stack, job_id)
         assert order[-1] == "completed" and order.count("completed") == 1 and "failed" not in order, order
         job = stack.producer.job(job_id)
@@ -95,6 +95,8 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip):
     public_id = video_url.split("/upload/", 1)[1].split("/", 1)[1].rsplit(".", 1)[0]  # after vNNN/
     assert public_id.startswith(f"lectern/lectures/{lecture_id}/")
     out = stack.cloudinary.asset(public_id)
+    uploads = [u["result"] for u in stack.cloudinary.uploads if u["result"].get("public_id") == public_id]
+    assert [u["secure_url"] for u in uploads] == [video_url]  # one upload; its secure_url is the result
     assert report["bytesUploaded"] == out.bytes == st["cost"]["bytesUploaded"]
     assert stack.https_get(video_url) == out.path.read_bytes()
     info = assert_streamable(out.path)
