@@ -5,15 +5,23 @@ VENV    := .venv/.installed
 NODE    := tests/node/node_modules/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench crds sysdeps lint clean
+.PHONY: demo demo-flow test bench crds sysdeps clean
 
+# The transcoder on a generated 1080p lecture: progress bar, then input vs output.
 demo: sysdeps $(VENV)
 	$(PY) scripts/demo.py
+
+# The whole flow (queue -> intake -> VideoTranscode -> operator -> Job -> transcoder ->
+# Lecture READY + notification) on local stand-ins for the cluster, MongoDB and Cloudinary.
+demo-flow: sysdeps $(VENV) $(NODE)
+	$(PY) scripts/demo_flow.py
 
 test: sysdeps $(VENV) $(NODE)
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: sysdeps $(VENV)
+# VMAF needs the libvmaf-enabled ffmpeg of the `bench` extra (imageio-ffmpeg).
+bench: sysdeps $(VENV) $(NODE)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(PY) bench/transcode.py
 	$(PY) bench/operator.py
 
@@ -25,6 +33,7 @@ sysdeps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

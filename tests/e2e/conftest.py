@@ -20,9 +20,9 @@ NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 @pytest.fixture(scope="module")
 def stack(redis_server, mongo_server, tmp_path_factory):
     if not shutil.which("node") or not (NODE_DIR / "node_modules" / "bullmq").is_dir():
-        pytest.skip("node or tests/node/node_modules missing (make test runs npm ci)")
+        pytest.fail("node or tests/node/node_modules missing (make test runs npm ci)")
     if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed (the Cloudinary emulator's TLS certificate)")
+        pytest.fail("openssl is not installed (the Cloudinary emulator's TLS certificate)")
     with FlowStack(tmp_path_factory.mktemp("e2e"), redis_server.url, mongo_server.url,
                    mongo_db="lectern_e2e") as s:
         yield s

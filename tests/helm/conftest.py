@@ -161,11 +161,11 @@ def helm_binary(request) -> pathlib.Path:
     try:
         from tests.standins.binaries import BinariesUnavailable, helm_path
     except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"no helm binary: {exc}")
+        pytest.fail(f"no helm binary: {exc}")
     try:
         return helm_path()
     except BinariesUnavailable as exc:
-        pytest.skip(f"no helm binary: {exc}")
+        pytest.fail(f"no helm binary: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -242,7 +242,7 @@ def container_env(rendered, deployment_suffix: str) -> tuple[dict[str, str], dic
 
 
 def settings_class():
-    settings = pytest.importorskip("lectern_operator.settings")
+    import lectern_operator.settings as settings
     return settings.Settings
 
 
@@ -263,6 +263,7 @@ def test_every_setting_is_set_by_the_chart(render):
         "LECTERN_TRANSCODER_PRIORITY_CLASS_NAME",  # only set when a class is given
         "LECTERN_INTAKE_NAMESPACE",  # only set when given (default: the first watched namespace)
         "LECTERN_PEERING_NAME",  # only set with more than one replica (else LECTERN_STANDALONE=true)
+        "LECTERN_PEERING_PRIORITY",  # each replica draws a random one unless pinned (equal priorities freeze kopf)
         "LECTERN_KUBE_API_URL",  # in-cluster: the service-account config (tests: the emulator)
     }
     fields = {f"LECTERN_{name.upper()}" for name in settings_class().model_fields}
@@ -644,7 +645,7 @@ def test_older_clusters_are_refused(helm):
 
 def test_names_match_the_api_module(render):
     """The RBAC rules and the NetworkPolicy use the API's own group, plural and pod label."""
-    api = pytest.importorskip("lectern_operator.api.v1alpha1")
+    import lectern_operator.api.v1alpha1 as api
     rendered = render("networkpolicy")
     groups = {(g, r) for role in rendered.kind("Role") for rule in role["rules"]
               for g in rule["apiGroups"] for r in rule["resources"] if "videotranscodes" in r}

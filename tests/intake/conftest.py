@@ -33,9 +33,9 @@ ALLOWED_HOST = "res.cloudinary.com"
 def node_bin() -> str:
     exe = shutil.which("node")
     if not exe:
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed")
     if not (NODE_DIR / "node_modules" / "bullmq").is_dir():
-        pytest.skip("tests/node/node_modules missing (make test runs npm ci)")
+        pytest.fail("tests/node/node_modules missing (make test runs npm ci)")
     return exe
 
 

@@ -114,7 +114,7 @@ def kube_binaries() -> dict[str, pathlib.Path]:
     try:
         return ensure_binaries()
     except BinariesUnavailable as e:  # pragma: no cover
-        pytest.skip(str(e))
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
