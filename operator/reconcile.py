@@ -160,12 +160,6 @@ class Reconciler:
     # -- the running phase ----------------------------------------------------------------
 
     async def running(self, body: Mapping[str, Any], memo: Any, logger: logging.Logger) -> dict[str, Any]:
-        # Read the CR itself rather than trust the watch: in a burst of events the watched copy
-        # can lag by seconds, and the report (progress) should reach users without that delay.
-        meta = body["metadata"]
-        fresh = await self.kube.get(Kube.vt_path(meta.get("namespace", "default"), meta["name"]))
-        if fresh is not None and (fresh.get("status") or {}).get("phase") == "Running":
-            body = fresh
         meta, spec = body["metadata"], body.get("spec") or {}
         status: dict[str, Any] = dict(body.get("status") or {})
         name, ns, uid = meta["name"], meta.get("namespace", "default"), meta.get("uid")

@@ -106,7 +106,7 @@ def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
     width, height = target_size(dw, dh, max_height)
     issues = video_issues(p, max_height)
     audio = p.default_audio
-    copy_audio = (audio is not None and audio.codec == "aac" and audio.channels <= profile.AUDIO_CHANNELS
+    copy_audio = (audio is not None and audio.codec == "aac" and audio.channels <= profile.AUDIO_COPY_MAX_CHANNELS
                   and audio.bit_rate is not None and audio.bit_rate <= profile.AUDIO_COPY_MAX_KBPS * 1000)
     fps = min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)
     return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,

@@ -56,7 +56,10 @@ REMUX_MAX_VIDEO_KBPS = 2500
 # audio off it (the mux afterwards is a copy of a small file).
 PARALLEL_AUDIO = True
 
-# AAC audio within the channel limit is copied, not re-encoded, up to this bitrate: above it a
-# re-encode at AUDIO_BITRATE_KBPS saves real bytes; below it, it would only add a generation
-# of coding loss. (Unknown bitrates, e.g. in Matroska, are re-encoded.)
+# AAC audio is copied, not re-encoded, up to this bitrate: above it a re-encode at
+# AUDIO_BITRATE_KBPS mono saves real bytes; below it, it would save at most a few kbit/s and
+# add a generation of coding loss. This holds for stereo too (a 64k stereo track is already
+# small), so the channel count only has to be one a browser plays (mono or stereo), not
+# AUDIO_CHANNELS. (Unknown bitrates, e.g. in Matroska, are re-encoded.)
 AUDIO_COPY_MAX_KBPS = 64
+AUDIO_COPY_MAX_CHANNELS = 2

@@ -3,13 +3,15 @@ the output size. No processes, no network: fast and exact."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from lectern_transcoder import cgroup
 from lectern_transcoder.cloudinary_url import rendition_url
-from lectern_transcoder.encode import target_size
+from lectern_transcoder.encode import plan, target_size
+from lectern_transcoder.probe import AudioStream, Probe, VideoStream
 from lectern_transcoder.progress import ProgressTracker, fraction_done, parse_progress
 
 C = "c_limit,w_1280,h_1280"
@@ -168,3 +170,21 @@ def test_tracker_monotonic_throttled_and_ends_at_100():
 ])
 def test_target_size(src, max_h, out):
     assert target_size(*src, max_h) == out
+
+
+@pytest.mark.parametrize("codec, channels, kbps, copied", [
+    ("aac", 1, 48, True),
+    ("aac", 2, 64, True),      # a small stereo track: copying beats another generation of loss
+    ("aac", 2, 128, False),    # worth shrinking to mono 48k
+    ("aac", 6, 64, False),     # 5.1: down-mixed for browsers
+    ("aac", 2, None, False),   # unknown bitrate (Matroska)
+    ("mp3", 1, 48, False),
+])
+def test_audio_copy_rule(codec, channels, kbps, copied):
+    video = VideoStream(index=0, codec="h264", profile="High", pix_fmt="yuv420p", width=1920, height=1080,
+                        sar=Fraction(1), rotation=0, fps=30.0, bit_rate=5_800_000, bits_per_raw_sample=8)
+    audio = AudioStream(index=1, codec=codec, channels=channels, sample_rate=48000, default=True,
+                        bit_rate=kbps and kbps * 1000)
+    pl = plan(Probe("mp4", 60.0, None, None, video, (audio,)), threads=2)
+    assert pl.copy_audio is copied
+    assert pl.audio_mode == ("copy" if copied else "encode (parallel)")
