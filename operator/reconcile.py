@@ -422,18 +422,23 @@ class Reconciler:
         progress = status.get("progress")
         if not isinstance(progress, int) or progress in (0, 100):
             return
+        if not (status.get("notified") or {}).get("processing"):
+            return  # "processing" goes first (and never for a Lecture a newer upload owns)
         last_value = getattr(memo, "last_progress", None)
         last_time = getattr(memo, "last_progress_time", 0.0)
         t = now().timestamp()
         if progress == last_value or t - last_time < self.settings.progress_notify_interval_seconds:
             return
+        # Claimed before the await: the progress event handler and the timer can both get here
+        # for the same CR, and only one of them may publish this value.
+        memo.last_progress, memo.last_progress_time = progress, t
         try:
             await self.notifier.publish(self._payload(body, status, notify.PROGRESS))
         except notify.NotifyUnavailable as exc:
             logger.debug("progress notification dropped: %s", exc)
+            memo.last_progress, memo.last_progress_time = last_value, last_time
             return
         metrics.NOTIFICATIONS.labels(type=notify.PROGRESS).inc()
-        memo.last_progress, memo.last_progress_time = progress, t
 
     # -- deletion -------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip):
     assert types.count("processing") == 1 and types.count("ready") == 1 and "failed" not in types, types
     assert set(types[1:-1]) == {"progress"}, types
     sent = [m["progress"] for m in msgs if m["type"] == "progress"]
-    assert sent and sent == sorted(sent) and all(0 < p < 100 for p in sent), sent
+    assert sent and sent == sorted(set(sent)) and all(0 < p < 100 for p in sent), sent  # on change only
     assert all(m["userId"] == INSTRUCTOR and m.get("message") for m in msgs), msgs
     assert ready["videoUrl"] == video_url
     assert [m["type"] for m in stack.finals_in_stream(lecture_id)] == ["ready"]
