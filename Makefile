@@ -1,6 +1,9 @@
 # Everything a fresh machine needs is installed by these targets themselves; each step is a
 # stamp file, so a second run is quick.
+# Never `python -m ...` from the repo root: `-m` puts the current directory first on sys.path,
+# where the `operator/` folder would shadow the stdlib module of that name.
 PY      := .venv/bin/python
+PIP     := .venv/bin/pip --disable-pip-version-check
 VENV    := .venv/.installed
 NODE    := tests/node/node_modules/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -17,11 +20,11 @@ demo-flow: sysdeps $(VENV) $(NODE)
 	$(PY) scripts/demo_flow.py
 
 test: sysdeps $(VENV) $(NODE)
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	.venv/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # VMAF needs the libvmaf-enabled ffmpeg of the `bench` extra (imageio-ffmpeg).
 bench: sysdeps $(VENV) $(NODE)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/transcode.py
 	$(PY) bench/operator.py
 
@@ -41,8 +44,8 @@ sysdeps:
 
 $(VENV): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
 	touch $@
 
 $(NODE): tests/node/package.json tests/node/package-lock.json
