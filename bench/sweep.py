@@ -54,6 +54,11 @@ VARIANTS = {
     "preset=ultrafast": dict(preset="ultrafast"),
     "preset=superfast": dict(preset="superfast"),
     "preset=superfast+mbtree": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1"),
+    # the line profile.py uses now (BASE above is the previous, veryfast one)
+    "superfast+mbtree+tune=animation": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1",
+                                            tune="animation"),
+    "superfast+mbtree+animation+bicublin": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1",
+                                                tune="animation", scale_extra=":flags=bicublin"),
     "preset=faster": dict(preset="faster"),
     "preset=medium": dict(preset="medium"),
     "crf=22": dict(crf=22),

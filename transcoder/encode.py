@@ -139,7 +139,8 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
         filters.append(f"scale={pl.width}:{pl.height}")
     filters += ["setsar=1", f"format={profile.PIX_FMT}"]
     return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),
-            "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, "-crf", str(profile.X264_CRF),
+            "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, "-tune", profile.X264_TUNE,
+            "-x264-params", profile.X264_PARAMS, "-crf", str(profile.X264_CRF),
             "-profile:v", profile.X264_PROFILE, "-pix_fmt", profile.PIX_FMT,
             "-maxrate", f"{profile.MAXRATE_KBPS}k", "-bufsize", f"{profile.BUFSIZE_KBPS}k",
             "-g", str(pl.gop), "-threads", str(pl.threads)]
