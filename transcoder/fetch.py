@@ -37,10 +37,10 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from lectern_transcoder.errors import Transient, UnusableInput
+from lectern_transcoder.urlpolicy import INSECURE_LOOPBACK_ENV, host_allowed, is_public, parse_insecure_loopback
 
 DEFAULT_ALLOWED_HOSTS = ("res.cloudinary.com",)
 DEFAULT_MAX_BYTES = 4 * 1024**3
-INSECURE_LOOPBACK_ENV = "LECTERN_TEST_INSECURE_LOOPBACK"
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 
@@ -59,24 +59,11 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def parse_insecure_loopback(value: str | None) -> frozenset[tuple[str, int]]:
-    """`127.0.0.1:8123,[::1]:8124` → {("127.0.0.1", 8123), ("::1", 8124)}; refuses anything
-    that is not a loopback IP literal with an explicit port."""
-    entries: set[tuple[str, int]] = set()
-    for item in (value or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ok = sep and ipaddress.ip_address(host).is_loopback and 0 < int(port) < 65536
-        except ValueError:
-            ok = False
-        if not ok:
-            raise UnusableInput(f"{INSECURE_LOOPBACK_ENV} entry {item!r} is not a loopback IP:port")
-        entries.add((host, int(port)))
-    return frozenset(entries)
+def _insecure_loopback_from_env() -> frozenset[tuple[str, int]]:
+    try:
+        return parse_insecure_loopback(os.environ.get(INSECURE_LOOPBACK_ENV))
+    except ValueError as exc:
+        raise UnusableInput(str(exc)) from None
 
 
 @dataclasses.dataclass
@@ -100,7 +87,7 @@ class FetchPolicy:
             env = os.environ.get("LECTERN_MAX_DOWNLOAD_BYTES", "").strip()
             max_bytes = int(env) if env else DEFAULT_MAX_BYTES
         return cls(allowed_hosts=parsed, max_bytes=max_bytes,
-                   insecure_loopback=parse_insecure_loopback(os.environ.get(INSECURE_LOOPBACK_ENV)),
+                   insecure_loopback=_insecure_loopback_from_env(),
                    ca_bundle=os.environ.get("SSL_CERT_FILE") or None)
 
 
@@ -123,35 +110,6 @@ class Target:
     def describe(self) -> str:
         """Host and path for messages (no query string: it may carry tokens)."""
         return f"{self.host_header}{urlsplit(self.path).path}"
-
-
-def _host_allowed(host: str, port: int, allowed: tuple[str, ...]) -> bool:
-    for entry in allowed:
-        if entry.startswith("["):  # [v6]:port or [v6]
-            name, _, rest = entry[1:].partition("]")
-            eport = rest[1:] if rest.startswith(":") else ""
-        elif entry.count(":") > 1:  # a bare IPv6 address
-            name, eport = entry, ""
-        else:
-            name, _, eport = entry.partition(":")
-        if eport:
-            if not eport.isdigit() or int(eport) != port:
-                continue
-        elif port != 443:
-            continue
-        if name.startswith("*."):
-            if host.endswith(name[1:]) and host != name[2:]:
-                return True
-        elif host == name:
-            return True
-    return False
-
-
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 def check_url(url: str, policy: FetchPolicy) -> Target:
@@ -182,14 +140,14 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
         literal = None
     if insecure:
         return Target(scheme, host, port, path, (host,))
-    if not _host_allowed(host, port, policy.allowed_hosts):
+    if not host_allowed(host, port, policy.allowed_hosts):
         raise UnusableInput(f"input host {host}:{port} is not on the allowed hosts list "
                             f"({', '.join(policy.allowed_hosts)})")
     addresses = [host] if literal is not None else policy.resolver(host, port)
     if not addresses:
         raise UnusableInput(f"host {host} resolves to no address")
     for address in addresses:
-        if not _public(address):
+        if not is_public(address):
             raise UnusableInput(f"input host {host} resolves to non-public address {address}: refused")
     return Target(scheme, host, port, path, tuple(addresses))
 

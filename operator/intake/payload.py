@@ -6,7 +6,7 @@ touches the cluster.
 Types are strict (a number is not a lecture id), the ids use the same alphabet as the CRD, and
 `rawVideoUrl` must be an https URL on an allowed media host: no credentials in it, and never an
 IP literal in a private, loopback, link-local or otherwise non-public range (server-side
-request forgery). The rules are the transcoder's (`transcoder/fetch.py`), so a URL the intake
+request forgery). The rules are the transcoder's (`transcoder/urlpolicy.py`, shared), so a URL the intake
 accepts is one the transcoder will fetch (it also checks what the name resolves to). Every rejection names the field, because the reason ends up in the BullMQ
 job's `failedReason`, which is what the platform shows to whoever looks at a failed upload.
 """
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from lectern_operator.api.v1alpha1 import HTTPS_URL_PATTERN, ID_PATTERN
+from lectern_transcoder.urlpolicy import host_allowed, is_public
 
 MAX_URL_LENGTH = 2048
 FIELDS = ("lectureId", "rawVideoUrl", "instructorId")
@@ -69,61 +70,6 @@ def _normalise_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-def host_allowed(host: str, port: int | None, allowed_hosts: Iterable[str]) -> bool:
-    """`host` (lower case, no trailing dot) against the allow-list, with the transcoder's rules
-    (`transcoder/fetch.py`): entries are exact host names (`res.cloudinary.com`) or
-    `*.example.com` for any subdomain, optionally with a port (`media.local:8443`); an entry
-    without a port allows 443 only."""
-    port = port or 443
-    for entry in allowed_hosts:
-        entry = _normalise_host(entry)
-        if entry.startswith("["):  # [v6]:port or [v6]
-            name, _, rest = entry[1:].partition("]")
-            eport = rest[1:] if rest.startswith(":") else ""
-        elif entry.count(":") > 1:  # a bare IPv6 address
-            name, eport = entry, ""
-        else:
-            name, _, eport = entry.partition(":")
-        if eport:
-            if not eport.isdigit() or int(eport) != port:
-                continue
-        elif port != 443:
-            continue
-        if name.startswith("*."):
-            if host.endswith(name[1:]) and host != name[2:] and _ip_literal(host) is None:
-                return True
-        elif host == name:
-            return True
-    return False
-
-
-def parse_insecure_loopback(value: str | None) -> frozenset[tuple[str, int]]:
-    """`LECTERN_TEST_INSECURE_LOOPBACK` (`127.0.0.1:8123,[::1]:8124`), the transcoder's
-    test-only escape for the local Cloudinary emulator: plain http (or https) to exactly those
-    loopback ports is let through. Anything but a loopback IP literal with a port is refused."""
-    entries: set[tuple[str, int]] = set()
-    for item in (value or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ok = bool(sep) and ipaddress.ip_address(host).is_loopback and 0 < int(port) < 65536
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"LECTERN_TEST_INSECURE_LOOPBACK entry {item!r} is not a loopback IP:port")
-        entries.add((str(ipaddress.ip_address(host)), int(port)))
-    return frozenset(entries)
-
-
 def check_media_url(url: str, allowed_hosts: Iterable[str],
                     insecure_loopback: frozenset[tuple[str, int]] = frozenset()) -> str:
     """Return `url` if the transcoder may fetch it, else raise ValueError saying why."""
@@ -151,7 +97,7 @@ def check_media_url(url: str, allowed_hosts: Iterable[str],
         raise ValueError(f"must be an https:// URL (got scheme {parts.scheme or 'none'!r})")
     if not host:
         raise ValueError("has no host")
-    if address is not None and not _public(address):
+    if address is not None and not is_public(address):
         raise ValueError(f"points to a non-public address ({address}: private, loopback, link-local or reserved)")
     if not host_allowed(host, port, allowed_hosts):
         raise ValueError(f"host {host!r} is not an allowed media host (allowed: {', '.join(allowed_hosts) or 'none'})")

@@ -34,11 +34,12 @@ from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from lectern_operator.api.v1alpha1 import FINAL_PHASES
 from lectern_operator.settings import Settings
+from lectern_transcoder.urlpolicy import INSECURE_LOOPBACK_ENV, parse_insecure_loopback
 
 from . import resources as res
 from .kube import Conflict, KubeError, TranscodeApi, TranscodeCache
 from .metrics import IntakeMetrics
-from .payload import InvalidPayload, JobPayload, parse_insecure_loopback, parse_payload
+from .payload import InvalidPayload, JobPayload, parse_payload
 
 log = logging.getLogger("lectern.intake")
 
@@ -135,7 +136,7 @@ class Intake:
         self.allowed_hosts = list(settings.allowed_hosts)
         # Test-only, never set by the chart: the transcoder's escape for the local Cloudinary
         # emulator (plain http to named loopback ports), honoured here too so the same URLs pass.
-        self.insecure_loopback = parse_insecure_loopback(os.environ.get("LECTERN_TEST_INSECURE_LOOPBACK"))
+        self.insecure_loopback = parse_insecure_loopback(os.environ.get(INSECURE_LOOPBACK_ENV))
         self.worker = None  # set by the runner: the bullmq Worker, for lock re-tracking
         self.stopping = asyncio.Event()
         self.active: dict[str, _Active] = {}

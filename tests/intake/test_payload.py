@@ -121,7 +121,7 @@ def test_port_rules_match_the_transcoder():
 
 
 def test_test_only_insecure_loopback_escape():
-    from lectern_operator.intake.payload import parse_insecure_loopback
+    from lectern_transcoder.urlpolicy import parse_insecure_loopback
     loop = parse_insecure_loopback("127.0.0.1:8123, [::1]:9")
     assert loop == {("127.0.0.1", 8123), ("::1", 9)}
     url = "http://127.0.0.1:8123/demo/video/upload/raw/x.mp4"

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from lectern_transcoder import fetch
+from lectern_transcoder import fetch, urlpolicy
 from lectern_transcoder.errors import UnusableInput
 
 POLICY = fetch.FetchPolicy()  # default: res.cloudinary.com only
@@ -107,11 +107,14 @@ def test_loopback_refused_without_the_test_escape(local_server, run_cli, tmp_pat
     assert _Recorder.hits == []  # refused before any request
 
 
-def test_escape_accepts_only_loopback_literals():
+def test_escape_accepts_only_loopback_literals(monkeypatch):
     for bad in ("10.0.0.1:80", "localhost:80", "127.0.0.1", "example.com:443"):
+        with pytest.raises(ValueError, match="not a loopback IP:port"):
+            urlpolicy.parse_insecure_loopback(bad)
+        monkeypatch.setenv(urlpolicy.INSECURE_LOOPBACK_ENV, bad)
         with pytest.raises(UnusableInput):
-            fetch.parse_insecure_loopback(bad)
-    assert fetch.parse_insecure_loopback("127.0.0.1:8080,[::1]:9") == {("127.0.0.1", 8080), ("::1", 9)}
+            fetch.FetchPolicy.from_env()
+    assert urlpolicy.parse_insecure_loopback("127.0.0.1:8080,[::1]:9") == {("127.0.0.1", 8080), ("::1", 9)}
 
 
 def test_size_cap_while_streaming(local_server, tmp_path):
