@@ -53,8 +53,8 @@ VARIANTS = {
     "chosen": {},
     "preset=ultrafast": dict(preset="ultrafast"),
     "preset=superfast": dict(preset="superfast"),
+    # superfast+mbtree is the line profile.py uses now (BASE, "chosen", is the previous veryfast one)
     "preset=superfast+mbtree": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1"),
-    # the line profile.py uses now (BASE above is the previous, veryfast one)
     "superfast+mbtree+tune=animation": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1",
                                             tune="animation"),
     "superfast+mbtree+animation+bicublin": dict(preset="superfast", x264="rc-lookahead=10:mbtree=1",

@@ -138,8 +138,9 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
     if (pl.width, pl.height) != v.display_size or (v.width, v.height) != v.display_size or v.width % 2 or v.height % 2:
         filters.append(f"scale={pl.width}:{pl.height}")
     filters += ["setsar=1", f"format={profile.PIX_FMT}"]
+    tune = ["-tune", profile.X264_TUNE] if profile.X264_TUNE else []
     return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),
-            "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, "-tune", profile.X264_TUNE,
+            "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, *tune,
             "-x264-params", profile.X264_PARAMS, "-crf", str(profile.X264_CRF),
             "-profile:v", profile.X264_PROFILE, "-pix_fmt", profile.PIX_FMT,
             "-maxrate", f"{profile.MAXRATE_KBPS}k", "-bufsize", f"{profile.BUFSIZE_KBPS}k",

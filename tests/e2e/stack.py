@@ -48,7 +48,7 @@ from tests.operator.conftest import Operator
 from tests.standins.cloudinary import CloudinaryEmulator
 from tests.standins.kube import KubeEmulator
 from tests.standins.kubelet import Kubelet
-from tests.standins.services import free_port
+from tests.standins.services import free_port, wait_until
 from tests.standins.tls import make_test_certs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,17 +56,6 @@ NAMESPACE = "lectern"
 QUEUE = "video-queue"          # the contract's queue name and prefix
 CHANNEL = "notifications"      # the contract's pub/sub channel
 INTAKE = str(Path(sys.executable).with_name("lectern-intake"))
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class Notifications:

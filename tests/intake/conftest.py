@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.standins.services import RedisServer, free_port
+from tests.standins.services import RedisServer, free_port, wait_until  # noqa: F401 (used by the intake tests)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "node"
@@ -37,17 +37,6 @@ def node_bin() -> str:
     if not (NODE_DIR / "node_modules" / "bullmq").is_dir():
         pytest.fail("tests/node/node_modules missing (make test runs npm ci)")
     return exe
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class _Lines:

@@ -76,11 +76,12 @@ def test_missing_input(run_cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def long_input(tmp_path_factory):
-    """Long enough to be mid-encode when the test acts (x264 veryfast on a busy machine)."""
+    """Long enough to be mid-encode when the test acts, and for a few progress updates at ~1/s
+    (the profile's superfast encode takes ~5 s for this one; 20 s at 640x360 took ~2 s)."""
     from lectern_transcoder import sample
 
     d = tmp_path_factory.mktemp("long")
-    return sample.generate(d / "long.mp4", 20, "640x360", fps=30, preset="ultrafast", video_codec="mpeg4",
+    return sample.generate(d / "long.mp4", 30, "960x540", fps=30, preset="ultrafast", video_codec="mpeg4",
                            extra=["-q:v", "6"])
 
 
