@@ -19,16 +19,17 @@ MAX_FPS = 30
 # Video: H.264 High, 8-bit 4:2:0 (what every browser decodes).
 VIDEO_CODEC = "libx264"
 # superfast, with mb-tree switched back on over veryfast's 10-frame lookahead (X264_PARAMS):
-# that is veryfast with the cheaper motion search (diamond, subpel level 1), ~15-20 % less CPU
-# in x264. Plain superfast/ultrafast drop mb-tree, and static slides then cost 10-14x the
-# bytes; faster/medium cost 1.3-1.5x the CPU for 0-3 % smaller files.
+# that is veryfast with the cheaper motion search (diamond, subpel level 1): 10-26 % less CPU
+# for the video process in paired runs (13 % on a 2-minute lecture) for 3-4.5 % more bytes.
+# Plain superfast/ultrafast drop mb-tree, and static slides then cost 10-14x the bytes;
+# faster/medium cost 1.3-1.5x the CPU for 0-3 % smaller files.
 X264_PRESET = "superfast"
 X264_PARAMS = "mbtree=1:rc-lookahead=10"
 # x264 -tune, or None. "animation" (2 more B-frames, deblock 1:1, psy-rd 0.4, aq-strength 0.6)
-# suits flat slides: -7 % size and +0.0005 SSIM at the same CRF, but ~5 % more CPU, and speed
+# suits flat slides: -7 % size and +0.0005 SSIM at the same CRF, but ~7 % more CPU, and speed
 # is the target still at the margin while size and SSIM have room. ("stillimage": +4 % size.)
 X264_TUNE: str | None = None
-# CRF 24: SSIM 0.0011-0.0015 below the seed's (CRF 26: 0.0020; the target allows 0.003).
+# CRF 24: SSIM 0.0014-0.0016 below the seed's (CRF 26: 0.0022; the target allows 0.003).
 X264_CRF = 24
 X264_PROFILE = "high"
 PIX_FMT = "yuv420p"
