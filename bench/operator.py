@@ -14,7 +14,6 @@ Results go to stdout and, with --write, to bench/OPERATOR_RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import queue

@@ -104,7 +104,7 @@ def main() -> None:
                   f"ssim {r['ssim']:.4f}", flush=True)
     s = rows["seed"]
     sw, sc = min(s["wall"]), min(s["cpu"])
-    print(f"\n| config | wall s | speed vs seed | CPU s | CPU speed vs seed | size MB | size vs seed | SSIM | ΔSSIM |")
+    print("\n| config | wall s | speed vs seed | CPU s | CPU speed vs seed | size MB | size vs seed | SSIM | ΔSSIM |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         w, c = min(r["wall"]), min(r["cpu"])

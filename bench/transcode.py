@@ -217,7 +217,7 @@ def main() -> None:
     cpu_speed = min(s["cpu"]) / min(lec["cpu"])
     size = lec["size"] / s["size"]
     dssim = lec["ssim"] - s["ssim"]
-    print(f"\n| ratio (lectern / seed) | value | target | |\n|---|---|---|---|")
+    print("\n| ratio (lectern / seed) | value | target | |\n|---|---|---|---|")
     print(f"| speed (wall) | {speed:.2f}× | ≥ 1.5× | {'ok' if speed >= 1.5 else 'MISSED'} |")
     print(f"| speed (CPU time) | {cpu_speed:.2f}× | | |")
     print(f"| size | {size:.2f}× | ≤ 0.6× | {'ok' if size <= 0.6 else 'MISSED'} |")
@@ -241,7 +241,7 @@ def main() -> None:
     if not args.skip_ingress:
         ing = ingress(src, vmaf_exe)
         print("\n## Ingress: bandwidth-saving rendition vs raw file (Cloudinary emulator byte counter)\n")
-        print(f"| | bytes | vs raw |\n|---|---|---|")
+        print("| | bytes | vs raw |\n|---|---|---|")
         print(f"| raw upload | {ing['raw']:,} | 1.00× |")
         print(f"| rendition fetched by lectern-transcode | {ing['ingress']:,} | {ing['ingress'] / ing['raw']:.2f}× |")
         print(f"\nrequested: {', '.join(ing['paths'])}")

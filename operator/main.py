@@ -8,40 +8,15 @@ LECTERN_METRICS_PORT (/metrics)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import random
-import sys
 from typing import Any
 
 import kopf
 
 from lectern_operator import metrics
 from lectern_operator.handlers import Services, build_registry
+from lectern_operator.logs import setup_logging
 from lectern_operator.settings import Settings
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
-                               "logger": record.name, "message": record.getMessage()}
-        for key in ("k8s_ref",):
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup_logging(s: Settings) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    if s.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(s.log_level.upper())
 
 
 def operator_kwargs(s: Settings) -> dict[str, Any]:

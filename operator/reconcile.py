@@ -160,7 +160,7 @@ class Reconciler:
     # -- the running phase ----------------------------------------------------------------
 
     async def running(self, body: Mapping[str, Any], memo: Any, logger: logging.Logger) -> dict[str, Any]:
-        meta, spec = body["metadata"], body.get("spec") or {}
+        meta = body["metadata"]
         status: dict[str, Any] = dict(body.get("status") or {})
         name, ns, uid = meta["name"], meta.get("namespace", "default"), meta.get("uid")
         patch: dict[str, Any] = {}

@@ -8,15 +8,14 @@ to the Kubernetes API, serves `/healthz`, `/readyz` on `LECTERN_HEALTH_PORT` and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import socket
 import sys
-import time
 
 import redis.asyncio as aioredis
 
+from lectern_operator.logs import setup_logging
 from lectern_operator.settings import Settings
 
 from . import resources as res
@@ -25,30 +24,6 @@ from .metrics import HealthState, IntakeMetrics, serve
 from .worker import Intake, IntakeWorker
 
 log = logging.getLogger("lectern.intake")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
-    # The API client logs whole request/response bodies at DEBUG: never wanted, and they may
-    # carry tokens.
-    for noisy in ("kubernetes_asyncio", "aiohttp", "asyncio", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
 def worker_options(settings: Settings) -> dict:
@@ -135,7 +110,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, install_sig
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings)
+    setup_logging(settings)
     sys.exit(asyncio.run(run(settings)))
 
 

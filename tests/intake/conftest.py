@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

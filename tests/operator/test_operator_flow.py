@@ -329,7 +329,7 @@ async def test_two_replicas_never_both_act(kube, operator_factory, lectures, not
     kube.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "lectern", "namespace": NS}})
     await asyncio.sleep(0.3)
     first = await operator_factory(standalone=False, peering_name="lectern", peering_priority=2)
-    second = await operator_factory(standalone=False, peering_name="lectern", peering_priority=1)
+    await operator_factory(standalone=False, peering_name="lectern", peering_priority=1)
     await asyncio.sleep(1.0)
     for i in range(4):
         _lecture(lectures, f"p{i}")

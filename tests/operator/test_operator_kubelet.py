@@ -3,7 +3,6 @@ of the transcoder that reports through the API like the real one."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import sys

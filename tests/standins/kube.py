@@ -1178,14 +1178,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     raise ApiError(422, "Invalid", str(e), {}) from None
         elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"):
             if ctype == "application/strategic-merge-patch+json" and rt.custom:
-                raise ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml')
+                raise ApiError(415, "UnsupportedMediaType", 'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml')
             if not isinstance(patch, dict):
                 raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
             precondition = (patch.get("metadata") or {}).get("resourceVersion")
             fn = merge_patch if rt.custom or ctype == "application/merge-patch+json" else strategic_merge_patch
             mutate = lambda old: fn(old, patch)
         else:
-            raise ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml')
+            raise ApiError(415, "UnsupportedMediaType", 'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml')
         return self._update(rt, ns, name, mutate, subresource, params, warnings, precondition)
 
     # ----- deletion and garbage collection ------------------------------------------------

@@ -605,7 +605,7 @@ class Kubelet:
 
     def _sync_job(self, ns: str | None, name: str) -> None:
         kube = self.kube
-        jobs_t, pods_t = kube._type("batch", "v1", "jobs"), kube._type("", "v1", "pods")
+        pods_t = kube._type("", "v1", "pods")
         job = kube.get("batch/v1/jobs", name, ns)
         if job is None:
             return
