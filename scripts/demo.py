@@ -60,6 +60,8 @@ def main() -> int:
         print(f"{name:8}{p['res']:>12}{p['size'] / 1e6:>10.2f}MB{p['kbps']:>9}  {p['video']} / {p['audio']}")
     print(f"\noutput is {o['size'] / i['size']:.1%} of the input ({i['size'] / o['size']:.1f}x smaller), "
           f"encoded in {wall:.1f} s ({i['duration'] / wall:.2f}x realtime); file: {dst.relative_to(ROOT)}")
+    print("\nnext: `make demo-flow` runs the same on the whole path: BullMQ queue -> intake -> "
+          "VideoTranscode -> operator -> Job -> Cloudinary -> Lecture READY + notification")
     return 0
 
 
