@@ -21,13 +21,16 @@ SIZE = "1920x1080"
 
 
 def probe(path: Path) -> dict:
+    """What a person compares: size, resolution, bitrate, codecs. Raises CalledProcessError
+    when ffprobe cannot read the file. (Also used by demo_flow.py.)"""
     data = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
-                                      "-show_streams", str(path)], capture_output=True, check=True).stdout)
+                                      "-show_streams", str(path)], capture_output=True, check=True,
+                                     timeout=60).stdout)
     v = next(s for s in data["streams"] if s["codec_type"] == "video")
     a = next((s for s in data["streams"] if s["codec_type"] == "audio"), None)
     return {"size": int(data["format"]["size"]), "res": f"{v['width']}x{v['height']}",
             "video": f"{v['codec_name']} {v.get('profile', '')} {v.get('pix_fmt', '')}".strip(),
-            "audio": f"{a['codec_name']} {a.get('channels')}ch" if a else "none",
+            "audio": f"{a['codec_name']} {a.get('channels')}ch {int(a.get('bit_rate') or 0) // 1000}k" if a else "none",
             "kbps": int(data["format"].get("bit_rate", 0)) // 1000, "duration": float(data["format"]["duration"])}
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.*` (the stand-ins) are imported from the checkout
 
+import demo  # noqa: E402 (scripts/demo.py, beside this file: its ffprobe summary)
+
 NS = "lectern"
 INSTRUCTOR = "instructor-42"
 T0 = time.monotonic()
@@ -42,17 +44,10 @@ def say(msg: str = "", indent: int = 0) -> None:
 
 
 def probe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                          str(path)], capture_output=True, timeout=60)
-    if out.returncode != 0:
-        raise DemoError(f"ffprobe cannot read {path.name}: {out.stderr.decode(errors='replace')[-300:]}")
-    data = json.loads(out.stdout)
-    v = next(s for s in data["streams"] if s["codec_type"] == "video")
-    a = next((s for s in data["streams"] if s["codec_type"] == "audio"), None)
-    return {"bytes": int(data["format"]["size"]), "res": f"{v['width']}x{v['height']}",
-            "video": f"{v['codec_name']} {v.get('profile', '')} {v.get('pix_fmt', '')}".strip(),
-            "audio": f"{a['codec_name']} {a.get('channels')}ch {int(a.get('bit_rate') or 0) // 1000}k" if a else "none",
-            "kbps": int(data["format"].get("bit_rate", 0)) // 1000, "duration": float(data["format"]["duration"])}
+    try:
+        return demo.probe(path)
+    except subprocess.CalledProcessError as exc:
+        raise DemoError(f"ffprobe cannot read {path.name}: {exc.stderr.decode(errors='replace')[-300:]}") from None
 
 
 def mb(n: int) -> str:
@@ -106,7 +101,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     if gen.returncode != 0:
         raise DemoError(f"generating the sample failed: {gen.stderr[-500:]}")
     src = probe(clip)
-    say(f"raw upload: {src['res']}, {src['duration']:.1f} s, {mb(src['bytes'])} ({src['kbps']} kbit/s, "
+    say(f"raw upload: {src['res']}, {src['duration']:.1f} s, {mb(src['size'])} ({src['kbps']} kbit/s, "
         f"{src['video']} / {src['audio']})", 2)
 
     # 2. Everything else.
@@ -268,8 +263,8 @@ def story(args: argparse.Namespace, stack, kubectl: Kubectl | None, clip: Path, 
     say("What the student streams instead of the raw upload:")
     print(f"{'':14}{'resolution':>12}{'size':>12}{'kbit/s':>9}  video / audio")
     for name, p in (("raw upload", src), ("Lectern", out)):
-        print(f"{'':2}{name:12}{p['res']:>12}{mb(p['bytes']):>12}{p['kbps']:>9}  {p['video']} / {p['audio']}")
-    print(f"  {src['bytes'] / out['bytes']:.0f}x smaller, {out['duration']:.1f} s of {src['duration']:.1f} s; "
+        print(f"{'':2}{name:12}{p['res']:>12}{mb(p['size']):>12}{p['kbps']:>9}  {p['video']} / {p['audio']}")
+    print(f"  {src['size'] / out['size']:.0f}x smaller, {out['duration']:.1f} s of {src['duration']:.1f} s; "
           f"transcode: {cost.get('cpuSeconds', 0):.1f} CPU-s, {cost.get('speed') or 0:.2f}x realtime, "
           f"{cost.get('wallSeconds') or 0:.1f} s in the pod")
     return 0
