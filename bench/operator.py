@@ -93,9 +93,9 @@ def main() -> int:
                 m = ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if m and m["type"] == "message":
                     msg = json.loads(m["data"])
-                    if msg["type"] == "progress" and msg["progress"] == 50:
+                    if msg["type"] == "VIDEO_PROGRESS" and msg["progress"] == 50:
                         progress_seen.setdefault(msg["lectureId"], time.monotonic())
-                    elif msg["type"] in ("ready", "failed"):
+                    elif msg["type"] in ("VIDEO_READY", "VIDEO_FAILED"):
                         finals[msg["lectureId"]] = finals.get(msg["lectureId"], 0) + 1
         threading.Thread(target=listen, daemon=True).start()
 

@@ -1,7 +1,10 @@
 """Notifications for the Socket.IO server: Redis pub/sub `notifications` + a capped stream.
 
 Message (JSON): `{userId, type, message, lectureId, videoUrl, progress}`, type one of
-`processing`, `progress`, `ready`, `failed`.
+`VIDEO_PROCESSING`, `VIDEO_PROGRESS`, `VIDEO_READY`, `VIDEO_FAILED` (what the Socket.IO
+server expects). Internally (Redis marker keys, CR `status.notified`, metrics labels) the
+operator keeps the short kinds `processing`, `progress`, `ready`, `failed`; `WIRE_TYPE`
+maps a kind to its wire `type`, and only `message()` uses it.
 
 Once-only messages (`processing` and the final `ready`/`failed`) go through one Lua script
 that, atomically in Redis, sets a marker key with NX, PUBLISHes and XADDs (finals) to the
@@ -24,6 +27,9 @@ import redis.exceptions
 from lectern_operator.settings import Settings
 
 PROCESSING, PROGRESS, READY, FAILED = "processing", "progress", "ready", "failed"
+
+# internal kind -> the `type` on the wire (Socket.IO server)
+WIRE_TYPE = {PROCESSING: "VIDEO_PROCESSING", PROGRESS: "VIDEO_PROGRESS", READY: "VIDEO_READY", FAILED: "VIDEO_FAILED"}
 
 # KEYS[1] marker, KEYS[2] stream; ARGV: channel, message, ttl, maxlen, to_stream ("1"/"0")
 _ONCE = """
@@ -50,7 +56,7 @@ def message(kind: str, *, user_id: str, lecture_id: str, video_url: str | None =
         READY: "Your lecture video is ready.",
         FAILED: f"Processing your lecture video failed: {reason or 'unknown error'}. The original upload is still available.",
     }[kind]
-    return {"userId": user_id, "type": kind, "message": text, "lectureId": lecture_id,
+    return {"userId": user_id, "type": WIRE_TYPE[kind], "message": text, "lectureId": lecture_id,
             "videoUrl": video_url, "progress": progress}
 
 

@@ -99,6 +99,7 @@ async def test_final_notification_exactly_once(redis_server):
             msgs.append(json.loads(m["data"]))
         assert msgs == [payload]
         assert set(payload) >= {"userId", "type", "message", "lectureId", "videoUrl", "progress"}
+        assert payload["type"] == "VIDEO_READY"  # the wire type, not the internal kind
         entries = await r.xrange("test:stream:once")
         assert [json.loads(e[1][b"data"]) for e in entries] == [payload]
     finally:

@@ -60,8 +60,8 @@ async def test_cap_and_success_flow(kube, operator, lectures, notifications):
     await wait_until(lambda: lectures.find_one({"_id": lid})["status"] == "PROCESSING", what="lecture PROCESSING")
     _report(kube, first, stage="encoding", progress=40, cpuSeconds=12.5, bytesDownloaded=1000, speed=2.5)
     await kube.await_for("vt", first, NS, lambda o: o["status"].get("progress") == 40)
-    await wait_until(lambda: notifications.of(lid, "progress"), what="progress notification")
-    assert notifications.of(lid, "progress")[-1]["progress"] == 40
+    await wait_until(lambda: notifications.of(lid, "VIDEO_PROGRESS"), what="progress notification")
+    assert notifications.of(lid, "VIDEO_PROGRESS")[-1]["progress"] == 40
     _succeed(kube, first, lid)
     done = await kube.await_for("vt", first, NS, phase_is("Succeeded"))
     st = done["status"]
@@ -72,11 +72,11 @@ async def test_cap_and_success_flow(kube, operator, lectures, notifications):
     await kube.await_for("vt", queued, NS, phase_is("Running"))  # the freed slot is taken
     await wait_until(lambda: lectures.find_one({"_id": lid})["status"] == "READY", what="lecture READY")
     assert lectures.find_one({"_id": lid})["videoUrl"] == OUT.format(lid)
-    await wait_until(lambda: notifications.of(lid, "ready"), what="ready notification")
+    await wait_until(lambda: notifications.of(lid, "VIDEO_READY"), what="ready notification")
     kinds = [m["type"] for m in notifications.of(lid)]
-    assert kinds[0] == "processing" and kinds[-1] == "ready" and kinds.count("ready") == 1
-    ready = notifications.of(lid, "ready")[0]
-    assert ready == {"userId": "inst-1", "type": "ready", "message": ready["message"], "lectureId": lid,
+    assert kinds[0] == "VIDEO_PROCESSING" and kinds[-1] == "VIDEO_READY" and kinds.count("VIDEO_READY") == 1
+    ready = notifications.of(lid, "VIDEO_READY")[0]
+    assert ready == {"userId": "inst-1", "type": "VIDEO_READY", "message": ready["message"], "lectureId": lid,
                      "videoUrl": OUT.format(lid), "progress": 100}
     for r in ("Queued", "Started", "LectureUpdated", "Succeeded", "Notified"):
         await wait_until(lambda: r in _reasons(kube, first), what=f"{r} event")
@@ -86,7 +86,7 @@ async def test_cap_and_success_flow(kube, operator, lectures, notifications):
     import redis
     r = redis.Redis.from_url(operator.settings.redis_url.get_secret_value())
     stream = [json.loads(e[1][b"data"]) for e in r.xrange(operator.settings.notifications_stream)]
-    assert [m["type"] for m in stream if m["lectureId"] == lid] == ["ready"]
+    assert [m["type"] for m in stream if m["lectureId"] == lid] == ["VIDEO_READY"]
 
 
 async def test_unusable_input_fails_without_retry(kube, operator, lectures, notifications):
@@ -104,9 +104,9 @@ async def test_unusable_input_fails_without_retry(kube, operator, lectures, noti
     await wait_until(lambda: lectures.find_one({"_id": "bad"})["status"] == "FAILED", what="lecture FAILED")
     doc = lectures.find_one({"_id": "bad"})
     assert doc["rawVideoUrl"] == RAW.format("bad") and "no video stream" in doc["failureReason"]
-    await wait_until(lambda: notifications.of("bad", "failed"), what="failed notification")
+    await wait_until(lambda: notifications.of("bad", "VIDEO_FAILED"), what="failed notification")
     await asyncio.sleep(0.5)
-    assert len(notifications.of("bad", "failed")) == 1
+    assert len(notifications.of("bad", "VIDEO_FAILED")) == 1
     await wait_until(lambda: "Failed" in _reasons(kube, "vt-bad"), what="Failed event")
 
 
@@ -159,7 +159,7 @@ async def test_operator_restart_mid_flight(kube, operator, lectures, notificatio
     (a, b), queued = await _two_running_one_queued(kube, names)
     lid_a, lid_b = (kube.get("vt", n, NS)["spec"]["lectureId"] for n in (a, b))
     await wait_until(lambda: lectures.find_one({"_id": lid_a})["status"] == "PROCESSING", what="PROCESSING")
-    await wait_until(lambda: notifications.of(lid_b, "processing"), what="processing")
+    await wait_until(lambda: notifications.of(lid_b, "VIDEO_PROCESSING"), what="processing")
     await operator.stop()
     jobs_before = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
     _succeed(kube, a, lid_a)                        # finishes while the operator is down
@@ -167,13 +167,13 @@ async def test_operator_restart_mid_flight(kube, operator, lectures, notificatio
     await operator.start()
     await kube.await_for("vt", a, NS, phase_is("Succeeded"))
     await kube.await_for("vt", queued, NS, phase_is("Running"))   # the slot is given after the restart
-    await wait_until(lambda: notifications.of(lid_a, "ready"), what="ready")
+    await wait_until(lambda: notifications.of(lid_a, "VIDEO_READY"), what="ready")
     # restart again after the final: nothing is sent twice
     await operator.restart()
     await asyncio.sleep(1.5)
-    assert len(notifications.of(lid_a, "ready")) == 1
-    assert len(notifications.of(lid_a, "processing")) == 1
-    assert len(notifications.of(lid_b, "processing")) == 1
+    assert len(notifications.of(lid_a, "VIDEO_READY")) == 1
+    assert len(notifications.of(lid_a, "VIDEO_PROCESSING")) == 1
+    assert len(notifications.of(lid_b, "VIDEO_PROCESSING")) == 1
     jobs_after = sorted(j["metadata"]["name"] for j in kube.list("jobs", NS))
     assert len(jobs_after) == 3 and set(jobs_before) <= set(jobs_after)  # no duplicate Job
     running = [v for v in kube.list("vt", NS) if v["status"]["phase"] == "Running"]
@@ -193,7 +193,7 @@ async def test_final_notification_once_when_operator_dies_after_sending(kube, op
     await operator.start()
     await kube.await_for("vt", "vt-once", NS, lambda o: (o["status"].get("notified") or {}).get("final") == "ready")
     await asyncio.sleep(0.5)
-    assert len(notifications.of("once", "ready")) == 1
+    assert len(notifications.of("once", "VIDEO_READY")) == 1
 
 
 async def test_stale_transcode_never_overwrites_a_newer_upload(kube, operator, lectures, notifications):
@@ -211,7 +211,7 @@ async def test_stale_transcode_never_overwrites_a_newer_upload(kube, operator, l
     doc = lectures.find_one({"_id": "stale"})
     assert doc["rawVideoUrl"] == newer and doc["status"] == "PROCESSING" and "videoUrl" not in doc
     await asyncio.sleep(0.5)
-    assert not notifications.of("stale", "ready") and not notifications.of("stale", "failed")
+    assert not notifications.of("stale", "VIDEO_READY") and not notifications.of("stale", "VIDEO_FAILED")
     await wait_until(lambda: "LectureSuperseded" in _reasons(kube, "vt-stale"), what="LectureSuperseded event")
 
 
@@ -235,7 +235,7 @@ async def test_mongo_down_then_up(kube, operator_factory, lectures, notification
         assert cond["status"] == "False" and cond["reason"] == "MongoUnavailable"
         await wait_until(lambda: "LectureUnavailable" in _reasons(kube, "vt-mdown"), what="LectureUnavailable event")
         await asyncio.sleep(1.0)
-        assert not notifications.of("mdown", "ready")  # the notification waits for the Lecture
+        assert not notifications.of("mdown", "VIDEO_READY")  # the notification waits for the Lecture
         mongo.start()
         vt = await kube.await_for("vt", "vt-mdown", NS, lambda o: (o["status"].get("lecture") or {}).get("applied") == "READY",
                                   timeout=20)
@@ -243,8 +243,8 @@ async def test_mongo_down_then_up(kube, operator_factory, lectures, notification
         assert cond["status"] == "True"
         doc = coll.find_one({"_id": "mdown"})
         assert doc["status"] == "READY" and doc["videoUrl"] == OUT.format("mdown")
-        await wait_until(lambda: notifications.of("mdown", "ready"), what="ready after Mongo is back")
-        assert len(notifications.of("mdown", "ready")) == 1
+        await wait_until(lambda: notifications.of("mdown", "VIDEO_READY"), what="ready after Mongo is back")
+        assert len(notifications.of("mdown", "VIDEO_READY")) == 1
     finally:
         mongo.stop()
 
@@ -277,7 +277,7 @@ async def test_deleting_a_running_transcode(kube, operator, lectures, notificati
     doc = lectures.find_one({"_id": "del"})
     assert doc["status"] == "FAILED" and doc["failureReason"] == "transcode cancelled"
     assert doc["rawVideoUrl"] == RAW.format("del")
-    await wait_until(lambda: notifications.of("del", "failed"), what="failed notification")
+    await wait_until(lambda: notifications.of("del", "VIDEO_FAILED"), what="failed notification")
 
 
 async def test_deleting_a_queued_transcode_leaves_the_lecture(kube, operator_factory, lectures):

@@ -51,10 +51,10 @@ async def test_success_end_to_end(kube, kubelet, operator, lectures, notificatio
     assert st["cost"]["speed"] == 4.0 and st["cost"]["cpuSeconds"] > 0
     assert st["report"]["pod"].startswith(st["jobName"])
     await wait_until(lambda: lectures.find_one({"_id": "e2e"})["status"] == "READY", what="READY")
-    await wait_until(lambda: notifications.of("e2e", "ready"), what="ready")
-    progress = [m["progress"] for m in notifications.of("e2e", "progress")]
+    await wait_until(lambda: notifications.of("e2e", "VIDEO_READY"), what="ready")
+    progress = [m["progress"] for m in notifications.of("e2e", "VIDEO_PROGRESS")]
     assert progress and progress == sorted(progress) and len(set(progress)) == len(progress)  # on change only
-    assert [m["type"] for m in notifications.of("e2e")][0] == "processing"
+    assert [m["type"] for m in notifications.of("e2e")][0] == "VIDEO_PROCESSING"
 
 
 async def test_exit_65_fails_at_once_without_retry(kube, kubelet, operator, lectures, notifications):
@@ -68,8 +68,8 @@ async def test_exit_65_fails_at_once_without_retry(kube, kubelet, operator, lect
     assert job["status"].get("failed") == 1
     assert any(c["type"] == "Failed" and c["reason"] == "PodFailurePolicy" for c in job["status"]["conditions"])
     await wait_until(lambda: lectures.find_one({"_id": "e65"})["status"] == "FAILED", what="FAILED")
-    await wait_until(lambda: notifications.of("e65", "failed"), what="failed")
-    assert "no video stream" in notifications.of("e65", "failed")[0]["message"]
+    await wait_until(lambda: notifications.of("e65", "VIDEO_FAILED"), what="failed")
+    assert "no video stream" in notifications.of("e65", "VIDEO_FAILED")[0]["message"]
 
 
 async def test_transient_failures_are_retried_then_exhaust(kube, kubelet, operator_factory, lectures, notifications):
