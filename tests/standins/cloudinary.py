@@ -40,6 +40,14 @@ answers carry an https `secure_url` (and the plain-http `url`), as the real serv
 upload API stays reachable over plain http at `base_url` (the CLOUDINARY_URL's
 `upload_prefix`), so the SDK needs no extra trust. Clients of the https listener must trust
 the test CA (e.g. `SSL_CERT_FILE`).
+
+As a process of its own (the end-to-end stack): `CloudinaryProcess(root, tls=...).start()` runs
+`main()` (`--root --port --tls-cert --tls-key --tls-port --cloud --api-key --api-secret
+--ready-file --quiet`) until SIGTERM/SIGINT, and `.control` (a `CloudinaryControl`) drives it
+over the control API on the plain-http listener (never counted, never faulted, 404 on https):
+`POST /_emulator/faults` (`{"fail_next": {...}, "drop_connection_after": {...}, "latency":
+{...}, "throttle": {...}, "clear": true}`; GET shows them), `GET /_emulator/stats` and
+`PUT /_emulator/assets/<resource_type>/<public_id>[?filename=&format=]` (= `put_asset`).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ import socket
 import ssl
 import string
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -64,11 +73,12 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 UNSIGNED_PARAMS = {"file", "cloud_name", "resource_type", "api_key", "signature"}
 TRANSFORMATION_RE = re.compile(r"^[a-z]{1,3}_[^,/]+(,[a-z]{1,3}_[^,/]+)*$")
 STALE_AFTER_S = 3600
+DEFAULT_CLOUD_NAME, DEFAULT_API_KEY, DEFAULT_API_SECRET = "democloud", "123456789012345", "emulator-secret"
 
 
 class ApiError(Exception):
@@ -172,11 +182,14 @@ def string_to_sign(params: dict, version: int = 2) -> str:
 class CloudinaryEmulator:
     """The server plus its state. Start it once per session; `reset()` between tests."""
 
-    def __init__(self, root: Path | None = None, cloud_name: str = "democloud",
-                 api_key: str = "123456789012345", api_secret: str = "emulator-secret",
-                 tls: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
+    def __init__(self, root: Path | None = None, cloud_name: str = DEFAULT_CLOUD_NAME,
+                 api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET,
+                 tls: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+                 port: int = 0, tls_port: int = 0) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="lectern-cloudinary-"))
         self.tls = tls  # (certfile, keyfile): also serve https on a second port
+        self._want_port, self._want_tls_port = port, tls_port  # 0: any free port
+        self.log_requests = False  # one line per request on stderr (the process's log)
         self._tls_server: ThreadingHTTPServer | None = None
         self.cloud_name, self.api_key, self.api_secret = cloud_name, api_key, api_secret
         self._lock = threading.RLock()
@@ -192,14 +205,16 @@ class CloudinaryEmulator:
         class Handler(_Handler):
             emu = emulator
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = None
+        if self.tls:  # first: a bad certificate fails before anything listens
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*(str(p) for p in self.tls))
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._want_port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="cloudinary-emulator",
                          daemon=True).start()
-        if self.tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(*(str(p) for p in self.tls))
-            self._tls_server = _TlsServer(("127.0.0.1", 0), Handler, ctx)
+        if ctx:
+            self._tls_server = _TlsServer(("127.0.0.1", self._want_tls_port), Handler, ctx)
             threading.Thread(target=self._tls_server.serve_forever, name="cloudinary-emulator-tls",
                              daemon=True).start()
         return self
@@ -303,7 +318,15 @@ class CloudinaryEmulator:
         tmp = self.root / "incoming" / uuid.uuid4().hex
         shutil.copyfile(src, tmp)
         fmt = format or src.suffix.lstrip(".").lower() or "bin"
-        asset = self._store(tmp, public_id, resource_type, fmt, src.stem, probe=True)
+        return self._put_file(tmp, public_id, resource_type, fmt, src.stem)
+
+    def _put_file(self, tmp: Path, public_id: str, resource_type: str, fmt: str,
+                  original_filename: str) -> dict:
+        """`put_asset` for a file already in `incoming/` (moved into place, never refused)."""
+        try:
+            asset = self._store(tmp, public_id, resource_type, fmt, original_filename, probe=True)
+        finally:
+            tmp.unlink(missing_ok=True)  # still there only when storing failed
         return self._answer(asset)
 
     def _next_version(self) -> int:
@@ -393,9 +416,56 @@ class CloudinaryEmulator:
         with self._lock:
             self.faults.throttle_bps = bytes_per_second
 
+    def clear_faults(self) -> None:
+        """Switch every fault off (assets, uploads and counters are kept)."""
+        with self._lock:
+            self.faults = Faults()
+
+    def apply_faults(self, spec: dict) -> None:
+        """Set faults from a control-API body (see `_parse_faults`); all or nothing."""
+        actions = _parse_faults(spec)
+        with self._lock:
+            for name, kwargs in actions:
+                getattr(self, name)(**kwargs)
+
     def request_count(self, route: str | None = None) -> int:
         with self._lock:
             return sum(1 for r in self.requests if route in (None, r["route"]))
+
+    def temp_files(self) -> list[str]:
+        """Files of unfinished work still on disk (relative to `root`): request bodies and
+        copies in `incoming/`, partial chunked uploads in `chunks/`, half-written renditions
+        in `derived/`. Empty once every upload has finished, whatever its outcome."""
+        found = [p for sub in ("incoming", "chunks") for p in (self.root / sub).rglob("*")
+                 if p.is_file()]
+        found += [p for p in (self.root / "derived").glob("*.tmp.*") if p.is_file()]
+        return sorted(str(p.relative_to(self.root)) for p in found)
+
+    def stats(self) -> dict:
+        """Counters and state for `GET /_emulator/stats` (JSON-serialisable)."""
+        with self._lock:
+            by_route: dict[str, int] = {"upload": 0, "delivery": 0}
+            by_status: dict[str, dict[str, int]] = {}
+            for r in self.requests:
+                by_route[r["route"]] = by_route.get(r["route"], 0) + 1
+                per = by_status.setdefault(r["route"], {})
+                per[str(r["status"])] = per.get(str(r["status"]), 0) + 1
+            chunked = {uid: {"bytes": sum(b - a for a, b in _merge(st["ranges"])),
+                             "total": st["total"], "parts": st["parts"]}
+                       for uid, st in self._chunks.items()}
+            f = self.faults
+            return {
+                "requests": by_route, "requests_total": len(self.requests),
+                "requests_by_status": by_status,
+                "bytes_served": self.bytes_served, "bytes_received": self.bytes_received,
+                "uploads_finished": len(self.uploads), "uploads_in_progress": len(chunked),
+                "chunked_uploads": chunked, "assets": len(self.assets),
+                "temp_files": self.temp_files(),
+                "faults": {"drop_connection_after": {"nbytes": f.drop_after, "times": f.drop_times},
+                           "fail_next": {route: {"status": v[0], "times": v[1], "body": v[2]}
+                                         for route, v in f.fail.items()},
+                           "latency": dict(f.latency), "throttle": f.throttle_bps},
+            }
 
     def _take_failure(self, route: str):
         with self._lock:
@@ -624,6 +694,70 @@ def _merge(ranges):
     return out
 
 
+def _parse_faults(spec) -> list[tuple[str, dict]]:
+    """Validate a `POST /_emulator/faults` body into (emulator method, kwargs) calls, `clear`
+    first. Raises ValueError with a one-line reason."""
+    def num(d: dict, key: str, kind, default=None, minimum=0, nullable=False):
+        v = d.get(key, default)
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) \
+                or v < minimum:
+            raise ValueError(f"{key} must be {'a number' if kind is float else 'an integer'} "
+                             f">= {minimum}, not {v!r}")
+        return v
+
+    def obj(name: str, allowed: set[str]) -> dict:
+        d = spec[name]
+        if not isinstance(d, dict):
+            raise ValueError(f"{name} must be an object")
+        extra = set(d) - allowed
+        if extra:
+            raise ValueError(f"{name}: unknown field(s) {', '.join(sorted(extra))}")
+        return d
+
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError("expected a JSON object with one or more of: drop_connection_after, "
+                         "fail_next, latency, throttle, clear")
+    unknown = set(spec) - {"drop_connection_after", "fail_next", "latency", "throttle", "clear"}
+    if unknown:
+        raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+    calls: list[tuple[str, dict]] = []
+    if "clear" in spec:
+        if spec["clear"] is not True:
+            raise ValueError("clear must be true")
+        calls.append(("clear_faults", {}))
+    if "drop_connection_after" in spec:
+        d = obj("drop_connection_after", {"nbytes", "times"})
+        calls.append(("drop_connection_after", {"nbytes": num(d, "nbytes", int),
+                                                "times": num(d, "times", int, 1)}))
+    if "fail_next" in spec:
+        d = obj("fail_next", {"times", "status", "route", "body"})
+        route, body = d.get("route", "upload"), d.get("body", "json")
+        if not isinstance(route, str) or not route:
+            raise ValueError(f"route must be a route name (upload, delivery, any), not {route!r}")
+        if body not in ("json", "html"):
+            raise ValueError(f"body must be json or html, not {body!r}")
+        status = num(d, "status", int, 503, minimum=100)
+        if status > 599:
+            raise ValueError(f"status must be an HTTP status, not {status}")
+        calls.append(("fail_next", {"times": num(d, "times", int, 1), "status": status,
+                                    "route": route, "body": body}))
+    if "latency" in spec:
+        d = obj("latency", {"seconds", "route"})
+        route = d.get("route", "any")
+        if not isinstance(route, str) or not route:
+            raise ValueError(f"route must be a route name (upload, delivery, any), not {route!r}")
+        calls.append(("set_latency", {"seconds": num(d, "seconds", float), "route": route}))
+    if "throttle" in spec:
+        d = obj("throttle", {"bytes_per_second"})
+        if "bytes_per_second" not in d:
+            raise ValueError("throttle needs bytes_per_second (an integer, or null for none)")
+        calls.append(("throttle", {"bytes_per_second": num(d, "bytes_per_second", int,
+                                                           minimum=1, nullable=True)}))
+    return calls
+
+
 class _TlsServer(ThreadingHTTPServer):
     """The https listener: the TLS handshake runs in the request's own thread (a client that
     stalls or refuses the certificate never blocks the accept loop)."""
@@ -664,6 +798,101 @@ class _Handler(BaseHTTPRequestHandler):
             self.emu.requests.append({"method": self.command, "path": self.path, "route": route,
                                       "status": status, "range": self.headers.get("Range"),
                                       "bytes": sent})
+        self._log(route, status, sent)
+
+    def _log(self, route: str, status: int, sent: int = 0) -> None:
+        if self.emu.log_requests:
+            rng = self.headers.get("Range")
+            print(f"{time.strftime('%H:%M:%S')} {self.command} {self.path} {route} {status} "
+                  f"{sent}B{' ' + rng if rng else ''}", file=sys.stderr, flush=True)
+
+    # -- control API (plain-http listener only; never counted, never faulted) ----------------
+    def _control(self) -> bool:
+        """Answer a `/_emulator/...` request; False when the path is not one."""
+        path = self.path.split("?")[0]
+        if not (path == "/_emulator" or path.startswith("/_emulator/")):
+            return False
+        if isinstance(self.server, _TlsServer):
+            self._drain()
+            self._send(404, b'{"error": {"message": "the control API is on the plain-http '
+                            b'listener only"}}')
+            return True
+        try:
+            status, result = self._control_route(path)
+        except ValueError as e:
+            status, result = 400, {"error": {"message": " ".join(str(e).split())}}
+        except ApiError as e:
+            status, result = e.status, {"error": {"message": e.message}}
+        self._send(status, json.dumps(result).encode() + b"\n")
+        self._log("control", status)
+        return True
+
+    def _control_route(self, path: str) -> tuple[int, dict]:
+        emu = self.emu
+        if path == "/_emulator/stats":
+            self._drain()
+            if self.command not in ("GET", "HEAD"):
+                raise ApiError(405, "use GET")
+            return 200, emu.stats()
+        if path == "/_emulator/faults":
+            raw = self._drain(keep=True)
+            if self.command in ("GET", "HEAD"):
+                return 200, emu.stats()["faults"]
+            if self.command != "POST":
+                raise ApiError(405, "use POST")
+            try:
+                spec = json.loads(raw or b"null")
+            except ValueError as e:
+                raise ValueError(f"body is not JSON: {e}") from None
+            emu.apply_faults(spec)
+            return 200, {"ok": True, "faults": emu.stats()["faults"]}
+        m = re.fullmatch(r"/_emulator/assets/([a-z]+)/(.+)", path)
+        if m:
+            if self.command != "PUT":
+                self._drain()
+                raise ApiError(405, "use PUT with the file's bytes as the body")
+            resource_type, public_id = m[1], unquote(m[2]).strip("/")
+            if resource_type not in ("image", "video", "raw"):
+                self._drain()
+                raise ApiError(400, f"Invalid resource type {resource_type}")
+            query = parse_qs(urlsplit(self.path).query)
+            filename = query.get("filename", [""])[0]
+            fmt = query.get("format", [""])[0] or Path(filename).suffix.lstrip(".").lower() or (
+                public_id.rpartition(".")[2] if resource_type == "raw" and "." in public_id
+                else "mp4" if resource_type == "video" else "bin")
+            tmp = emu.root / "incoming" / uuid.uuid4().hex
+            try:
+                if not self._drain(into=tmp):
+                    raise ApiError(400, "Empty body")
+                return 200, emu._put_file(tmp, public_id, resource_type, fmt,
+                                          Path(filename).stem or public_id.rpartition("/")[2])
+            finally:
+                tmp.unlink(missing_ok=True)
+        self._drain()
+        raise ApiError(404, f"no control route {path} (emulator): /_emulator/faults, "
+                            f"/_emulator/stats, /_emulator/assets/<resource_type>/<public_id>")
+
+    def _drain(self, keep: bool = False, into: Path | None = None):
+        """Read the request body (Content-Length; none without it): discard it, return it
+        (`keep`) or write it to `into` (returns the byte count)."""
+        remaining = int(self.headers.get("Content-Length") or 0)
+        total, kept = remaining, []
+        out = open(into, "wb") if into else None
+        try:
+            while remaining > 0:
+                block = self.rfile.read(min(remaining, 1 << 20))
+                if not block:
+                    self.close_connection = True
+                    raise ApiError(400, "Body shorter than Content-Length")
+                remaining -= len(block)
+                if out:
+                    out.write(block)
+                elif keep:
+                    kept.append(block)
+        finally:
+            if out:
+                out.close()
+        return b"".join(kept) if keep else total
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json",
               headers: dict | None = None) -> None:
@@ -695,6 +924,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- upload API --------------------------------------------------------------------------
     def do_POST(self) -> None:
+        if self._control():
+            return
         m = re.fullmatch(r"/v1_1/([^/]+)/([^/]+)/([a-z_]+)/?", self.path.split("?")[0])
         length = int(self.headers.get("Content-Length") or -1)
         if length < 0:
@@ -751,7 +982,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def do_PUT(self) -> None:
+        if not self._control():
+            self._drain()
+            self._send(405, b'{"error": {"message": "Method not allowed"}}')
+            self._log("other", 405)
+
     def do_GET(self) -> None:
+        if self._control():
+            return
         if self._faults("delivery"):
             return
         try:
@@ -821,7 +1060,271 @@ class _Handler(BaseHTTPRequestHandler):
         return sent
 
 
-if __name__ == "__main__":  # a manual run: `python -m tests.standins.cloudinary`
-    with CloudinaryEmulator() as emu:
-        print(f"CLOUDINARY_URL={emu.cloudinary_url}\nstorage: {emu.root}", flush=True)
-        threading.Event().wait()
+# -- as a process of its own, driven from another one -----------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the emulator until SIGTERM/SIGINT. Once listening, `--ready-file` receives (written
+    to a temporary name, then renamed) `{"pid", "base_url", "https_base_url", "tls_port",
+    "cloudinary_url", "port", "root"}`; it is removed again on a clean stop."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="cloudinary-emulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, help="asset storage (default: a new temp dir)")
+    parser.add_argument("--port", type=int, default=0, help="plain-http port (0: a free one)")
+    parser.add_argument("--tls-cert", type=Path, help="certificate chain for the https listener")
+    parser.add_argument("--tls-key", type=Path, help="its private key")
+    parser.add_argument("--tls-port", type=int, default=0, help="https port (0: a free one)")
+    parser.add_argument("--cloud", default=DEFAULT_CLOUD_NAME, help="cloud name")
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--api-secret", default=DEFAULT_API_SECRET)
+    parser.add_argument("--ready-file", type=Path, help="JSON written once listening")
+    parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    emu = CloudinaryEmulator(root=args.root, cloud_name=args.cloud, api_key=args.api_key,
+                             api_secret=args.api_secret, port=args.port, tls_port=args.tls_port,
+                             tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
+    emu.log_requests = not args.quiet
+    emu.start()
+    try:
+        info = {"pid": os.getpid(), "base_url": emu.base_url,
+                "https_base_url": emu.https_base_url if emu.tls else None,
+                "tls_port": emu.tls_port if emu.tls else None,
+                "cloudinary_url": emu.cloudinary_url, "port": emu.port, "root": str(emu.root)}
+        print(f"cloudinary emulator pid {info['pid']}: upload API and control {emu.base_url}"
+              + (f", https {info['https_base_url']}" if emu.tls else "")
+              + f", storage {emu.root}", file=sys.stderr, flush=True)
+        if args.ready_file:
+            tmp = args.ready_file.with_name(f".{args.ready_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, args.ready_file)
+        while not stop.wait(0.5):
+            pass
+        print("cloudinary emulator: stopping", file=sys.stderr, flush=True)
+    finally:
+        emu.stop()
+        if args.ready_file:
+            args.ready_file.unlink(missing_ok=True)
+
+
+class ControlError(RuntimeError):
+    """The control API answered an error (or did not answer)."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status, self.message = status, message
+
+
+class CloudinaryControl:
+    """Client of an emulator's control API (`/_emulator/...` on its plain-http `base_url`),
+    with urllib only. Mirrors the emulator's own fault switches."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+        # loopback never goes through a proxy from the environment
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _call(self, method: str, path: str, body=None, headers: dict | None = None) -> dict:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.base_url + path, data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with self._opener.open(req, timeout=self.timeout) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                msg = json.loads(raw)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                msg = raw.decode("utf-8", "replace").strip() or e.reason
+            raise ControlError(e.code, msg) from None
+        except urllib.error.URLError as e:
+            raise ControlError(None, f"{self.base_url}: {e.reason}") from None
+
+    def faults(self, **spec) -> dict:
+        """`POST /_emulator/faults` with `spec` as the body; returns the faults now set."""
+        return self._call("POST", "/_emulator/faults", json.dumps(spec).encode(),
+                          {"Content-Type": "application/json"})["faults"]
+
+    def fail_next(self, times: int = 1, status: int = 503, route: str = "upload",
+                  body: str = "json") -> None:
+        self.faults(fail_next={"times": times, "status": status, "route": route, "body": body})
+
+    def drop_connection_after(self, nbytes: int, times: int = 1) -> None:
+        self.faults(drop_connection_after={"nbytes": nbytes, "times": times})
+
+    def set_latency(self, seconds: float, route: str = "any") -> None:
+        self.faults(latency={"seconds": seconds, "route": route})
+
+    def throttle(self, bytes_per_second: int | None) -> None:
+        self.faults(throttle={"bytes_per_second": bytes_per_second})
+
+    def clear_faults(self) -> None:
+        self.faults(clear=True)
+
+    def stats(self) -> dict:
+        return self._call("GET", "/_emulator/stats")
+
+    def put_asset(self, path: str | os.PathLike, public_id: str, resource_type: str = "video",
+                  format: str | None = None) -> dict:
+        """Store `path` as `public_id` (no validation: random bytes make a fine "video");
+        returns the upload answer, `secure_url` included."""
+        from urllib.parse import quote, urlencode
+
+        path = Path(path)
+        query = {"filename": path.name, **({"format": format} if format else {})}
+        with open(path, "rb") as f:
+            return self._call("PUT", f"/_emulator/assets/{resource_type}/{quote(public_id)}?"
+                              + urlencode(query), f,
+                              {"Content-Length": str(path.stat().st_size),
+                               "Content-Type": "application/octet-stream"})
+
+
+class CloudinaryProcess:
+    """The emulator as a child process (`main` above), controlled over HTTP.
+
+        with CloudinaryProcess(tmp / "cloudinary", tls=(certs.cert, certs.key)) as cld:
+            env["CLOUDINARY_URL"] = cld.cloudinary_url
+            cld.control.fail_next(1)
+
+    Its log (stdout and stderr, one line per request) goes to `log_path`, by default
+    `<root>.log` next to `root`; the ready file is `<root>.ready.json` there too."""
+
+    def __init__(self, root: str | os.PathLike,
+                 tls: tuple[str | os.PathLike, str | os.PathLike] | None = None, *,
+                 port: int = 0, tls_port: int = 0, cloud_name: str | None = None,
+                 api_key: str | None = None, api_secret: str | None = None,
+                 log_path: str | os.PathLike | None = None, ready_timeout: float = 30.0,
+                 quiet: bool = False) -> None:
+        self.root = Path(root).absolute()
+        self.tls, self.port, self.tls_port_wanted = tls, port, tls_port
+        self.cloud_name, self.api_key, self.api_secret = cloud_name, api_key, api_secret
+        self.log_path = Path(log_path) if log_path else self.root.with_name(self.root.name + ".log")
+        self.ready_file = self.root.with_name(self.root.name + ".ready.json")
+        self.ready_timeout, self.quiet = ready_timeout, quiet
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+        self.control: CloudinaryControl | None = None
+
+    def argv(self) -> list[str]:
+        from tests.standins.services import python_main
+
+        args = ["--root", str(self.root), "--port", str(self.port),
+                "--ready-file", str(self.ready_file)]
+        if self.tls:
+            args += ["--tls-cert", str(Path(self.tls[0]).absolute()),
+                     "--tls-key", str(Path(self.tls[1]).absolute()),
+                     "--tls-port", str(self.tls_port_wanted)]
+        for flag, value in (("--cloud", self.cloud_name), ("--api-key", self.api_key),
+                            ("--api-secret", self.api_secret)):
+            if value is not None:
+                args += [flag, value]
+        if self.quiet:
+            args.append("--quiet")
+        return python_main(__name__ if __name__ != "__main__" else "tests.standins.cloudinary",
+                           *args)
+
+    def start(self) -> "CloudinaryProcess":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), cwd=self.root, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.ready_file.exists():
+                self.info = json.loads(self.ready_file.read_text())
+                break
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                raise RuntimeError(f"the Cloudinary emulator exited with {code} before it was "
+                                   f"ready; log {self.log_path}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"the Cloudinary emulator was not ready after "
+                                   f"{self.ready_timeout:g}s; log {self.log_path}:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.control = CloudinaryControl(self.base_url)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status (None: not running)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log_tail(self, nbytes: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - nbytes))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> "CloudinaryProcess":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        return self.info["pid"]
+
+    @property
+    def base_url(self) -> str:
+        return self.info["base_url"]
+
+    @property
+    def https_base_url(self) -> str | None:
+        return self.info["https_base_url"]
+
+    @property
+    def tls_port(self) -> int | None:
+        return self.info["tls_port"]
+
+    @property
+    def cloudinary_url(self) -> str:
+        return self.info["cloudinary_url"]
+
+    def delivery_url(self, public_id: str, transformation: str | None = None, *,
+                     resource_type: str = "video", format: str | None = "mp4",
+                     secure: bool | None = None) -> str:
+        """An unsigned, unversioned delivery URL (https when the process has TLS, unless
+        `secure=False`)."""
+        from urllib.parse import quote
+
+        base = self.https_base_url if (secure is None or secure) and self.https_base_url \
+            else self.base_url
+        cloud = self.cloud_name or DEFAULT_CLOUD_NAME
+        return (f"{base}/{cloud}/{resource_type}/upload/"
+                f"{transformation + '/' if transformation else ''}{quote(public_id)}"
+                f"{'.' + format if format else ''}")
+
+
+if __name__ == "__main__":  # a manual run (from outside the repo root; see services.python_main)
+    main()

@@ -45,6 +45,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
         time.sleep(interval)
 
 
+def python_main(module: str, *args: str) -> list[str]:
+    """argv running `from <module> import main; main(sys.argv[1:])` with this interpreter, the
+    repo root first on sys.path (use a cwd outside the repo: its `operator/` shadows stdlib)."""
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise ValueError(f"not a module name: {module!r}")
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            f"from {module} import main; main(sys.argv[1:])")
+    return [sys.executable, "-c", code, *args]
+
+
 class _Server:
     """A restartable server process on a fixed port."""
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import ssl
 import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +20,9 @@ import cloudinary.uploader
 import pytest
 from cloudinary.exceptions import AuthorizationRequired, Error
 
-from tests.standins.cloudinary import string_to_sign
+from tests.standins.cloudinary import CloudinaryProcess, ControlError, string_to_sign
+from tests.standins.services import free_port, python_main
+from tests.standins.tls import make_test_certs
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +209,198 @@ def test_destroy(cloudinary_env, clip):
     cloudinary.uploader.upload(str(clip), resource_type="video", public_id="gone")
     assert cloudinary.uploader.destroy("gone", resource_type="video")["result"] == "ok"
     assert get(cloudinary_env.delivery_url("gone"))[0] == 404
+
+
+# -- the emulator as a process of its own, driven through its control API --------------------
+
+@pytest.fixture(scope="module")
+def cld_process(tmp_path_factory):
+    """One emulator process for the module's process tests (faults cleared per test)."""
+    with CloudinaryProcess(tmp_path_factory.mktemp("cldproc") / "root") as proc:
+        yield proc
+
+
+@pytest.fixture
+def cld(cld_process):
+    """The process, with the in-process SDK configured from its CLOUDINARY_URL."""
+    saved = {k: os.environ.get(k) for k in ("CLOUDINARY_URL", "CLOUDINARY_CLOUD_NAME")}
+    os.environ["CLOUDINARY_URL"] = cld_process.cloudinary_url
+    os.environ.pop("CLOUDINARY_CLOUD_NAME", None)
+    cloudinary.reset_config()
+    cld_process.control.clear_faults()
+    try:
+        yield cld_process
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        cloudinary.reset_config()
+
+
+def test_python_main_argv():
+    argv = python_main("tests.standins.cloudinary", "--port", "0")
+    assert argv[0] == sys.executable and argv[1] == "-c" and argv[-2:] == ["--port", "0"]
+    assert "from tests.standins.cloudinary import main; main(sys.argv[1:])" in argv[2]
+    assert repr(str(Path(__file__).resolve().parents[2])) in argv[2]
+    with pytest.raises(ValueError):
+        python_main("os; import evil")
+
+
+def test_process_ready_file_upload_and_stats(cld, clip):
+    info = json.loads(cld.ready_file.read_text())
+    assert set(info) >= {"pid", "base_url", "https_base_url", "tls_port", "cloudinary_url"}
+    assert info["pid"] == cld.proc.pid != os.getpid()
+    assert info["https_base_url"] is None and info["tls_port"] is None
+    assert cld.cloudinary_url.endswith(f"?upload_prefix={cld.base_url}")
+    before = cld.control.stats()
+
+    res = cloudinary.uploader.upload(str(clip), resource_type="video", public_id="p/one")
+    assert res["public_id"] == "p/one" and (res["width"], res["height"]) == (640, 360)
+    assert res["secure_url"].startswith(cld.base_url + "/democloud/video/upload/v")
+    status, _, body = get(res["secure_url"])
+    assert status == 200 and body == clip.read_bytes()
+    assert get(cld.delivery_url("p/one"), {"Range": "bytes=0-9"})[2] == body[:10]
+
+    stats = cld.control.stats()
+    assert stats["requests"]["upload"] == before["requests"]["upload"] + 1
+    assert stats["requests"]["delivery"] == before["requests"]["delivery"] + 2
+    assert stats["bytes_served"] == before["bytes_served"] + len(body) + 10
+    assert stats["bytes_received"] > before["bytes_received"] + len(body)
+    assert stats["uploads_in_progress"] == 0 and stats["temp_files"] == []
+
+
+def test_process_faults_through_the_control_api(cld, clip):
+    ctl = cld.control
+    res = cloudinary.uploader.upload(str(clip), resource_type="video", public_id="f")
+    ctl.fail_next(1, status=503, route="upload")
+    with pytest.raises(Error):
+        cloudinary.uploader.upload(str(clip), resource_type="video")
+    assert cloudinary.uploader.upload(str(clip), resource_type="video", public_id="f2")
+    assert ctl.stats()["requests_by_status"]["upload"]["503"] >= 1
+
+    url = res["secure_url"]
+    ctl.drop_connection_after(3000, times=1)
+    with pytest.raises(http.client.IncompleteRead) as exc:
+        get(url)
+    assert len(exc.value.partial) == 3000
+    assert get(url)[2] == clip.read_bytes()
+
+    ctl.fail_next(1, status=502, route="delivery", body="html")
+    ctl.set_latency(0.2, route="delivery")
+    t0 = time.monotonic()
+    assert get(url)[0] == 502
+    assert time.monotonic() - t0 >= 0.2
+    ctl.throttle(100_000)
+    faults = ctl.stats()["faults"]
+    assert faults["throttle"] == 100_000 and faults["latency"] == {"delivery": 0.2}
+    ctl.clear_faults()
+    assert ctl.stats()["faults"] == {"drop_connection_after": {"nbytes": None, "times": 0},
+                                     "fail_next": {}, "latency": {}, "throttle": None}
+    assert get(url)[0] == 200
+    # several faults in one body, all-or-nothing validation
+    ctl.faults(fail_next={"times": 2}, latency={"seconds": 0})
+    assert ctl.stats()["faults"]["fail_next"]["upload"]["times"] == 2
+    with pytest.raises(ControlError, match="unknown fault"):
+        ctl.faults(clear=True, bogus=1)
+    assert ctl.stats()["faults"]["fail_next"]["upload"]["times"] == 2
+
+
+def test_process_control_api_rejects_bad_requests(cld):
+    def raw(method, path, body=None):
+        req = urllib.request.Request(cld.base_url + path, data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    for body in (b"not json", b"[]", b'{"fail_next": {"times": -1}}',
+                 b'{"throttle": {"bytes_per_second": "fast"}}', b'{"clear": false}'):
+        status, answer = raw("POST", "/_emulator/faults", body)
+        assert status == 400 and answer.count(b"\n") == 1, (body, answer)
+        assert json.loads(answer)["error"]["message"]
+    assert raw("GET", "/_emulator/nope")[0] == 404
+    assert raw("POST", "/_emulator/stats", b"")[0] == 405
+    assert raw("PUT", "/_emulator/assets/nonsense/x", b"abc")[0] == 400
+    counted = cld.control.stats()["requests_total"]
+    assert cld.control.stats()["requests_total"] == counted  # control calls are not counted
+
+
+def test_process_put_asset_plants_unusable_bytes(cld, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(50_000))
+    res = cld.control.put_asset(junk, "planted/not a video", resource_type="video")
+    assert res["public_id"] == "planted/not a video" and res["bytes"] == 50_000
+    assert res["resource_type"] == "video" and res["format"] == "mp4"
+    assert "width" not in res
+    status, headers, body = get(res["secure_url"])
+    assert status == 200 and body == junk.read_bytes() and headers["Content-Type"] == "video/mp4"
+    assert get(cld.delivery_url("planted/not a video"), {"Range": "bytes=-100"})[2] == body[-100:]
+    assert cld.control.stats()["temp_files"] == []
+
+
+def test_process_chunked_upload_state_and_leftovers(cld, clip):
+    data = clip.read_bytes()
+    half = len(data) // 2
+    headers = {"Content-Range": f"bytes 0-{half - 1}/{len(data)}", "X-Unique-Upload-Id": "u-1"}
+    part = cloudinary.uploader.upload_large_part(("clip.mp4", data[:half]), http_headers=headers,
+                                                 resource_type="video", public_id="chunky")
+    assert part["done"] is False
+    stats = cld.control.stats()
+    assert stats["uploads_in_progress"] == 1 and stats["chunked_uploads"]["u-1"]["bytes"] == half
+    assert len(stats["temp_files"]) == 1 and stats["temp_files"][0].startswith("chunks/")
+    headers["Content-Range"] = f"bytes {half}-{len(data) - 1}/{len(data)}"
+    res = cloudinary.uploader.upload_large_part(("clip.mp4", data[half:]), http_headers=headers,
+                                                resource_type="video", public_id="chunky")
+    assert res["public_id"] == "chunky" and res["bytes"] == len(data)
+    cloudinary.uploader.upload_large(str(clip), resource_type="video", chunk_size=60_000)
+    stats = cld.control.stats()
+    assert stats["uploads_in_progress"] == 0 and stats["temp_files"] == []
+
+
+def test_process_with_tls_and_clean_sigterm(tmp_path, clip):
+    certs = make_test_certs(tmp_path / "tls")
+    proc = CloudinaryProcess(tmp_path / "cld", tls=(certs.cert, certs.key), quiet=True).start()
+    try:
+        assert proc.https_base_url == f"https://127.0.0.1:{proc.tls_port}"
+        info = json.loads(proc.ready_file.read_text())
+        assert info["tls_port"] == proc.tls_port and info["https_base_url"] == proc.https_base_url
+        res = proc.control.put_asset(clip, "secure/clip")
+        assert res["secure_url"].startswith(proc.https_base_url + "/democloud/video/upload/v")
+        assert res["url"].startswith(proc.base_url)
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        with urllib.request.urlopen(res["secure_url"], context=ctx, timeout=10) as r:
+            assert r.read() == clip.read_bytes()
+        assert proc.delivery_url("secure/clip").startswith(proc.https_base_url)
+        # the control API lives on the plain-http listener only
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(proc.https_base_url + "/_emulator/stats", context=ctx, timeout=10)
+        assert exc.value.code == 404
+        assert proc.control.stats()["requests"]["delivery"] == 1
+    finally:
+        pid, popen = proc.pid, proc.proc
+        assert proc.stop() == 0
+    assert popen.poll() == 0 and proc.proc is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not proc.ready_file.exists()
+    assert "stopping" in proc.log_path.read_text()
+
+
+def test_process_sigint_exits_zero(tmp_path):
+    proc = CloudinaryProcess(tmp_path / "cld", port=free_port()).start()
+    assert proc.base_url == f"http://127.0.0.1:{proc.port}"
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(10) == 0
+    proc.stop()
+
+
+def test_process_start_failure_shows_the_log(tmp_path):
+    missing = tmp_path / "missing.pem"
+    proc = CloudinaryProcess(tmp_path / "cld", tls=(missing, missing))
+    with pytest.raises(RuntimeError, match="exited with 1 before it was ready") as exc:
+        proc.start()
+    assert "FileNotFoundError" in str(exc.value) or "No such file" in str(exc.value)
+    assert proc.proc is None
