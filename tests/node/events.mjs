@@ -16,7 +16,7 @@ events.on('error', () => {}); // reconnects on its own; the tests restart Redis 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 for (const name of ['added', 'waiting', 'active', 'progress', 'completed', 'failed', 'stalled',
                     'delayed', 'retries-exhausted', 'removed']) {
-  events.on(name, (args, id) => out({ event: name, ...args, eventId: id }));
+  events.on(name, (args, id) => out({ event: name, ...args, eventId: id, at: Date.now() / 1000 }));
 }
 await events.waitUntilReady();
 out({ event: 'ready' });

@@ -576,11 +576,24 @@ class Kubelet:
         finally:
             watchdog.cancel()
         exit_code = 128 - rc if rc < 0 else rc
+        self._record_leftovers(run, exit_code)
         message = run.termination_log.read_bytes()[:4096].decode(errors="replace") or None
         if not message and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             lines = run.log_path.read_text(errors="replace").splitlines()[-80:] if run.log_path.exists() else []
             message = "\n".join(lines)[-2048:] or None
         return exit_code, message, "Completed" if exit_code == 0 else "Error"
+
+    @staticmethod
+    def _record_leftovers(run: _PodRun, exit_code: int) -> None:
+        """What the container left in its emptyDir volumes when it exited, appended to
+        `<pod dir>/leftovers.jsonl` (the pod dir outlives the pod, as its log does; read by
+        tests/standins/cluster.py `leftovers`): the volumes
+        themselves go with the pod, so this is the only way to see whether the program cleaned
+        up after itself rather than relying on the kubelet to."""
+        volumes = run.root / "volumes"
+        files = sorted(str(f.relative_to(volumes)) for f in volumes.rglob("*") if not f.is_dir()) if volumes.is_dir() else []
+        with open(run.root / "leftovers.jsonl", "a") as out:
+            out.write(json.dumps({"exitCode": exit_code, "files": files}) + "\n")
 
     async def _watch_size(self, run: _PodRun, pod: dict, container: dict) -> None:
         """emptyDir sizeLimit: the kubelet evicts a pod whose scratch volume grows past it."""

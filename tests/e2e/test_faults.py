@@ -1,0 +1,239 @@
+"""The failure model, end to end: each fault of docs/architecture.md injected into the running
+pipeline (separate processes, tests/e2e/stack.py), then the invariants of
+tests/e2e/invariants.py checked. Each test fills in one row of the fault matrix printed at the
+end of the run."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+
+from tests.e2e.invariants import MATRIX, Invariants, Upload
+from tests.e2e.stack import NAMESPACE, LectureWatch, LocalStack
+from tests.e2e.test_pipeline import INSTRUCTOR, api_uploads
+from tests.standins.services import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@dataclass
+class Flight:
+    """One upload in flight: what the API did, and a watch on its Lecture."""
+    lecture_id: str
+    raw_url: str
+    job_id: str
+    watch: LectureWatch
+
+    def upload(self, expect: str, **kw) -> Upload:
+        return Upload(self.lecture_id, self.job_id, self.raw_url, expect, statuses=self.watch.stop(), **kw)
+
+
+def enqueue(stack: LocalStack, clip: Path | None = None, *, lecture_id: str | None = None, raw_url: str | None = None,
+            version: str = "", opts: dict | None = None) -> Flight:
+    lecture_id = lecture_id or str(ObjectId())
+    raw_url = raw_url or stack.upload_raw(clip, lecture_id, version=version)
+    api_uploads(stack, lecture_id, raw_url)
+    watch = LectureWatch(stack.lectures, ObjectId(lecture_id))
+    job_id = stack.producer.add({"lectureId": lecture_id, "rawVideoUrl": raw_url, "instructorId": INSTRUCTOR}, opts)
+    return Flight(lecture_id, raw_url, job_id, watch)
+
+
+def encoding_pod(stack: LocalStack, flight: Flight, at_least: int = 5) -> tuple[dict, str]:
+    """Waits until ffmpeg is encoding (the transcoder's report on the CR) and returns the CR
+    and the name of the pod doing it."""
+    def encoding():
+        vt = stack.transcode_for(flight.job_id)
+        report = (vt.get("status") or {}).get("report") or {}
+        return vt if report.get("stage") == "encoding" and (report.get("progress") or 0) >= at_least else None
+    vt = wait_until(encoding, 60, 0.05, f"job {flight.job_id} encoding")
+    pods = [p for p in stack.pods_of(vt["status"]["jobName"]) if p["status"].get("phase") == "Running"]
+    assert len(pods) == 1, pods
+    return vt, pods[0]["metadata"]["name"]
+
+
+def job_failures(stack: LocalStack, vt: dict) -> int:
+    [job] = stack.recorder.jobs_for(vt["metadata"]["name"])
+    return int((job.get("status") or {}).get("failed") or 0)
+
+
+def exit_code(pod: dict) -> int | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+    return ((statuses[0].get("state") or {}).get("terminated") or {}).get("exitCode")
+
+
+def test_node_restart_mid_encode_retries_without_spending_the_budget(stack, long_clip, request):
+    row = MATRIX.row("transcoder pod evicted mid-encode (node restart / drain)", request)
+    f = enqueue(stack, long_clip)
+    vt, pod = encoding_pod(stack, f)
+    stack.cluster.evict(pod, NAMESPACE)
+    done = stack.events.wait(f.job_id, "completed", timeout=120)[0]
+    up = f.upload("completed")
+    vt = stack.transcode_for(f.job_id)
+    pods = stack.recorder.pods_for(vt["status"]["jobName"])
+    assert len(pods) == 2 and vt["status"]["attempts"] == 2, [p["metadata"]["name"] for p in pods]
+    evicted = next(p for p in pods if p["metadata"]["name"] == pod)
+    assert any(c["type"] == "DisruptionTarget" for c in evicted["status"]["conditions"])
+    assert job_failures(stack, vt) == 0  # the pod failure policy's Ignore rule
+    assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"], up.statuses
+    assert done["returnvalue"]["videoUrl"] == vt["status"]["videoUrl"]
+    row.done("READY; 2nd pod, Job failures 0 (DisruptionTarget ignored)", Invariants(stack, [up]).all())
+
+
+def test_transcoder_sigterm_cleans_up_and_is_retried(stack, long_clip, request):
+    row = MATRIX.row("transcoder SIGTERM (pod deleted mid-encode)", request)
+    f = enqueue(stack, long_clip)
+    vt, pod = encoding_pod(stack, f)
+    stack.cluster.delete("pods", pod, NAMESPACE)  # the kubelet sends SIGTERM
+    stack.events.wait(f.job_id, "completed", timeout=120)
+    up = f.upload("completed")
+    vt = stack.transcode_for(f.job_id)
+    killed = next(p for p in stack.recorder.pods_for(vt["status"]["jobName"]) if p["metadata"]["name"] == pod)
+    assert exit_code(killed) == 143, killed["status"]
+    exits = [r for r in stack.cluster.leftovers() if r["pod"] == pod]
+    assert exits == [{"pod": pod, "exitCode": 143, "files": []}], exits  # it removed its own temp files
+    assert job_failures(stack, vt) == 1 and vt["status"]["attempts"] == 2
+    assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"], up.statuses
+    row.done("READY; exit 143 with scratch empty, retried as failure 1 of 3", Invariants(stack, [up]).all())
+
+
+def test_operator_killed_and_restarted_mid_flight(stack, long_clip, request):
+    row = MATRIX.row("operator SIGKILLed mid-encode, restarted", request)
+    f = enqueue(stack, long_clip)
+    vt, _ = encoding_pod(stack, f)
+    stack.operator.kill()
+    time.sleep(1.0)
+    stack.operator.start().wait_ready()
+    stack.events.wait(f.job_id, "completed", timeout=120)
+    up = f.upload("completed")
+    stack.notifications.wait(f.lecture_id, "VIDEO_READY", 15)
+    types = [m["type"] for m in stack.notifications.of(f.lecture_id)]
+    assert types.count("VIDEO_PROCESSING") == 1 and types.count("VIDEO_READY") == 1, types
+    assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"], up.statuses
+    row.done("READY; the new operator adopted the running Job", Invariants(stack, [up]).all())
+
+
+def test_intake_killed_mid_flight(stack, long_clip, request):
+    row = MATRIX.row("intake SIGKILLed mid-encode, restarted", request)
+    f = enqueue(stack, long_clip)
+    encoding_pod(stack, f)
+    stack.intake.kill()
+    time.sleep(1.0)
+    stack.intake.start().wait_ready()
+    done = stack.events.wait(f.job_id, "completed", timeout=120)[0]
+    up = f.upload("completed")
+    assert stack.producer.job(f.job_id)["attemptsMade"] <= 1
+    assert done["returnvalue"]["lectureId"] == f.lecture_id
+    row.done("completed after the lock expired; the new intake adopted the CR", Invariants(stack, [up]).all())
+
+
+def test_redis_restarted_mid_flight(stack, long_clip, request):
+    row = MATRIX.row("Redis restarted mid-encode (AOF on)", request)
+    f = enqueue(stack, long_clip)
+    encoding_pod(stack, f)
+    stack.redis.restart()
+    stack.events.wait(f.job_id, "completed", timeout=120)
+    up = f.upload("completed")
+    # Pub/sub is fire-and-forget: a message published while the subscriber reconnected is gone,
+    # which is what the durable stream is for; that one must hold exactly one final.
+    row.done("completed; everyone reconnected", Invariants(stack, [up], pubsub_complete=False).all())
+
+
+def test_cdn_drops_download_and_fails_upload(stack, lecture_clip, request):
+    row = MATRIX.row("CDN drops the download twice, fails the upload twice", request)
+    lecture_id = str(ObjectId())
+    raw_url = stack.upload_raw(lecture_clip, lecture_id)  # the API's upload, before the faults
+    control = stack.cloudinary.control
+    control.drop_connection_after(150_000, times=2)
+    control.fail_next(2, 503, "upload")
+    try:
+        f = enqueue(stack, lecture_id=lecture_id, raw_url=raw_url)
+        stack.events.wait(f.job_id, "completed", timeout=90)
+        up = f.upload("completed")
+    finally:
+        control.clear_faults()
+    vt = stack.transcode_for(f.job_id)
+    assert vt["status"]["attempts"] == 1  # retried inside the pod, not by the Job
+    log = stack.cluster.logs(stack.recorder.pods_for(vt["status"]["jobName"])[0]["metadata"]["name"], NAMESPACE)
+    assert "retry" in log.lower() or "resum" in log.lower(), log[-2000:]
+    row.done("READY in 1 pod: download resumed, upload retried", Invariants(stack, [up]).all())
+
+
+def test_unusable_input_fails_fast_once(stack, tmp_path, request):
+    row = MATRIX.row("unusable input (random bytes)", request)
+    junk = tmp_path / "not-a-video.mp4"
+    junk.write_bytes(os.urandom(200_000))
+    lecture_id = str(ObjectId())
+    raw_url = stack.plant_raw(junk, lecture_id)
+    # attempts: 3 - BullMQ would retry a plain failure; an unusable input must not be.
+    f = enqueue(stack, lecture_id=lecture_id, raw_url=raw_url,
+                opts={"attempts": 3, "backoff": {"type": "fixed", "delay": 200}})
+    failed = stack.events.wait(f.job_id, "failed", timeout=60)[0]
+    reason = failed["failedReason"]
+    assert reason.startswith("unusable input: "), reason
+    note = stack.notifications.wait(lecture_id, "VIDEO_FAILED", 15)
+    assert note["userId"] == INSTRUCTOR and reason.removeprefix("unusable input: ") in note["message"]
+    time.sleep(1.5)  # settle: no BullMQ retry, no second pod
+    up = f.upload("failed")
+    assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "FAILED"], up.statuses
+    doc = stack.lectures.find_one({"_id": ObjectId(lecture_id)})
+    assert doc["rawVideoUrl"] == raw_url and "videoUrl" not in doc and doc["failureReason"] == reason
+    assert stack.producer.job(f.job_id)["attemptsMade"] == 1
+    vt = stack.transcode_for(f.job_id)
+    pods = stack.recorder.pods_for(vt["status"]["jobName"])
+    assert [exit_code(p) for p in pods] == [65], [p["status"] for p in pods]
+    row.done(f"FAILED at once (exit 65, 1 pod, no BullMQ retry): {reason[:40]}...", Invariants(stack, [up]).all())
+
+
+@pytest.mark.parametrize("url", ["https://169.254.169.254/latest/meta-data/iam/",
+                                 "https://res.cloudinary.com.evil.example/video/upload/x.mp4"])
+def test_ssrf_url_is_refused_before_any_request(stack, url, request):
+    row = MATRIX.row(f"SSRF rawVideoUrl {url[:40]}", request)
+    before = stack.cloudinary.control.stats()["requests"]
+    f = enqueue(stack, raw_url=url, opts={"attempts": 3})
+    failed = stack.events.wait(f.job_id, "failed", timeout=20)[0]
+    assert "rawVideoUrl" in failed["failedReason"], failed
+    time.sleep(0.5)
+    up = f.upload("failed", expect_cr=False)
+    assert up.statuses == ["AWAITING_MEDIA"], up.statuses
+    assert stack.producer.job(f.job_id)["attemptsMade"] == 1
+    assert stack.cloudinary.control.stats()["requests"] == before
+    row.done(f"job failed, no CR, no request: {failed['failedReason'][:50]}", Invariants(stack, [up]).all())
+
+
+def test_newer_upload_wins_over_a_running_older_one(stack, long_clip, lecture_clip, request):
+    row = MATRIX.row("newer upload while the older transcode runs", request)
+    old = enqueue(stack, long_clip)
+    encoding_pod(stack, old)
+    new = enqueue(stack, lecture_clip, lecture_id=old.lecture_id, version="-v2")
+    failed = stack.events.wait(old.job_id, "failed", timeout=30)[0]
+    assert "superseded" in failed["failedReason"], failed
+    done = stack.events.wait(new.job_id, "completed", timeout=90)[0]
+    old_up = old.upload("failed", superseded=True)
+    up = new.upload("completed")
+    doc = stack.lectures.find_one({"_id": ObjectId(new.lecture_id)})
+    assert doc["status"] == "READY" and doc["rawVideoUrl"] == new.raw_url
+    assert doc["videoUrl"] == done["returnvalue"]["videoUrl"]
+    types = [m["type"] for m in stack.notifications.of(new.lecture_id)]
+    assert types.count("VIDEO_READY") == 1 and "VIDEO_FAILED" not in types, types
+    row.done("older job failed 'superseded', newer READY; no stale write", Invariants(stack, [old_up, up]).all())
+
+
+def test_twenty_jobs_at_once_with_a_cap_of_two(stack, small_clip, request):
+    row = MATRIX.row(f"20 jobs at once, cap {stack.max_concurrent}", request)
+    stack.recorder.reset_peak()
+    lectures = [str(ObjectId()) for _ in range(20)]
+    raws = [stack.upload_raw(small_clip, lid) for lid in lectures]
+    t0 = time.monotonic()
+    flights = [enqueue(stack, lecture_id=lid, raw_url=raw) for lid, raw in zip(lectures, raws)]
+    for f in flights:
+        stack.events.wait(f.job_id, "completed", timeout=240)
+    took = time.monotonic() - t0
+    ups = [f.upload("completed") for f in flights]
+    assert stack.recorder.max_running == stack.max_concurrent, stack.recorder.max_running
+    assert all(u.statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"] for u in ups), [u.statuses for u in ups]
+    row.done(f"20 READY in {took:.0f}s, at most {stack.recorder.max_running} pods at once", Invariants(stack, ups).all())
