@@ -164,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                 bar.console.print(f"{plan.mode}: {v.codec} {v.width}x{v.height} → h264 {plan.width}x{plan.height} "
                                   f"({why}; audio {plan.audio_mode}; {plan.threads} threads)", highlight=False)
 
-        result = pipeline.run(options, tracker, on_plan=on_plan)
+        def on_retry(reason: str) -> None:  # the download and upload retry transient failures
+            stage = tracker.snapshot().stage
+            if json_out:
+                json_out.emit("retry", stage=stage, reason=reason)
+            elif bar:
+                bar.console.print(f"{stage}: retrying after {reason}", highlight=False)
+
+        result = pipeline.run(options, tracker, on_plan=on_plan, on_retry=on_retry)
         video_url = result.video_url
         if reporter:
             reporter.update(video_url=video_url)

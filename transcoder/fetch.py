@@ -200,10 +200,12 @@ class _State:
 
 def download(url: str, dest: Path, policy: FetchPolicy,
              on_bytes: Callable[[int, int | None], None] | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> int:
+             sleep: Callable[[float], None] = time.sleep,
+             on_retry: Callable[[str], None] | None = None) -> int:
     """Stream `url` into `dest`; returns the number of bytes. Resumes with `Range` after a
     dropped connection when the server answers 206 with the right offset, else starts over.
-    Raises UnusableInput (refused, 4xx, too large) or Transient (retries used up)."""
+    Raises UnusableInput (refused, 4xx, too large) or Transient (retries used up). `on_retry`
+    hears why before each retry, so a flaky CDN shows in the pod's log, not only in its timing."""
     target = check_url(url, policy)
     state = _State()
     failures = 0  # consecutive attempts that made no progress
@@ -231,6 +233,8 @@ def download(url: str, dest: Path, policy: FetchPolicy,
             failures = 0 if state.have > before else failures + 1
             if failures >= policy.attempts or rounds > policy.attempts * 5:
                 raise Transient(f"download of {target.describe()} failed after {rounds} attempts: {last_error}")
+            if on_retry:
+                on_retry(f"{last_error} (resuming at byte {state.have})" if state.have else last_error)
             delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** max(0, failures - 1))
             sleep(delay * random.uniform(0.8, 1.2))
 

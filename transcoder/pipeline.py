@@ -106,7 +106,7 @@ def _local_input(path: str, work: Path) -> Path:
     return src
 
 
-def _download(url: str, work: Path, options: Options, tracker: ProgressTracker) -> Path:
+def _download(url: str, work: Path, options: Options, tracker: ProgressTracker, on_retry=None) -> Path:
     policy = fetch.FetchPolicy.from_env(options.allowed_hosts, options.max_bytes)
     src = work / "input"
 
@@ -118,11 +118,11 @@ def _download(url: str, work: Path, options: Options, tracker: ProgressTracker) 
         long_side = encode.bounds(2, 1, options.max_height)[0]
         wanted = rendition_url(url, long_side)
     try:
-        fetch.download(wanted, src, policy, on_bytes)
+        fetch.download(wanted, src, policy, on_bytes, on_retry=on_retry)
     except fetch.HttpStatusError as exc:
         if wanted == url or exc.status not in RENDITION_FALLBACK_STATUSES:
             raise
-        fetch.download(url, src, policy, on_bytes)  # no rendition: the raw file
+        fetch.download(url, src, policy, on_bytes, on_retry=on_retry)  # no rendition: the raw file
     return src
 
 
@@ -154,7 +154,7 @@ def _deliver_local(out: Path, dest: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _deliver_cloudinary(out: Path, public_id: str, tracker: ProgressTracker) -> str:
+def _deliver_cloudinary(out: Path, public_id: str, tracker: ProgressTracker, on_retry=None) -> str:
     """Upload in a worker thread: the SDK call blocks for minutes, and meanwhile the main
     thread keeps progress flowing and stays responsive to SIGTERM."""
     size = out.stat().st_size
@@ -163,7 +163,7 @@ def _deliver_cloudinary(out: Path, public_id: str, tracker: ProgressTracker) -> 
     def work() -> None:
         try:
             box["result"] = upload.upload(out, public_id, on_bytes=lambda n: tracker.update(
-                n / size if size else None, bytes_uploaded=n))
+                n / size if size else None, bytes_uploaded=n), on_retry=on_retry)
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
 
@@ -190,7 +190,7 @@ def _cleanup(procs: encode.Processes, work: Path) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def run(options: Options, tracker: ProgressTracker, on_plan=None) -> Result:
+def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None) -> Result:
     started = time.monotonic()
     if options.max_height < 144 or options.max_height > 720:
         raise UsageError(f"--max-height {options.max_height} is outside 144–720")
@@ -200,7 +200,7 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None) -> Result:
     try:
         if is_url(options.input):
             tracker.start_stage("downloading")
-            src = _download(options.input, work, options, tracker)
+            src = _download(options.input, work, options, tracker, on_retry)
         else:
             src = _local_input(options.input, work)
         input_bytes = src.stat().st_size
@@ -222,7 +222,7 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None) -> Result:
             video_url = str(destination)
         else:
             tracker.start_stage("uploading")
-            video_url = _deliver_cloudinary(out, destination, tracker)
+            video_url = _deliver_cloudinary(out, destination, tracker, on_retry)
     finally:
         _cleanup(procs, work)
     return Result(video_url=video_url, mode=plan.mode, width=plan.width, height=plan.height,

@@ -93,7 +93,8 @@ def _classify(exc: Exception) -> TranscodeError:
 
 def upload(path: Path, public_id: str, *, on_bytes: Callable[[int], None] | None = None,
            attempts: int = ATTEMPTS, backoff_seconds: float = 1.0, timeout: float = REQUEST_TIMEOUT,
-           chunk_bytes: int | None = None, sleep: Callable[[float], None] = time.sleep) -> dict:
+           chunk_bytes: int | None = None, sleep: Callable[[float], None] = time.sleep,
+           on_retry: Callable[[str], None] | None = None) -> dict:
     """Upload `path` as video `public_id`; returns the SDK's result (with `secure_url`)."""
     import cloudinary.uploader
 
@@ -119,6 +120,8 @@ def upload(path: Path, public_id: str, *, on_bytes: Callable[[int], None] | None
                     on_bytes(size)
                 return result
         if attempt < attempts:
+            if on_retry:
+                on_retry(last.reason)
             sleep(backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
     assert last is not None
     raise Transient(f"{last.reason} (after {attempts} attempts)")

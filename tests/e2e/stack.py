@@ -143,16 +143,19 @@ class LectureWatch:
         self._thread = threading.Thread(target=self._loop, name="lecture-watch", daemon=True)
         self._thread.start()
 
+    def _poll(self) -> None:
+        try:
+            doc = self.collection.find_one({"_id": self.key})
+        except pymongo.errors.PyMongoError:
+            doc = None
+        if doc is not None:
+            self.last = doc
+            if not self.statuses or self.statuses[-1] != doc.get("status"):
+                self.statuses.append(doc.get("status"))
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                doc = self.collection.find_one({"_id": self.key})
-            except pymongo.errors.PyMongoError:
-                doc = None
-            if doc is not None:
-                self.last = doc
-                if not self.statuses or self.statuses[-1] != doc.get("status"):
-                    self.statuses.append(doc.get("status"))
+            self._poll()
             self._stop.wait(self.interval)
 
     def wait_status(self, status: str, timeout: float) -> dict:
@@ -161,8 +164,11 @@ class LectureWatch:
         return self.last
 
     def stop(self) -> list[str]:
+        """Stops polling and returns the statuses seen, the current one included (a poll may
+        be slower than the event that made the caller stop)."""
         self._stop.set()
         self._thread.join(5)
+        self._poll()
         return self.statuses
 
 

@@ -5,6 +5,7 @@ end of the run."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -159,7 +160,11 @@ def test_cdn_drops_download_and_fails_upload(stack, lecture_clip, request):
     vt = stack.transcode_for(f.job_id)
     assert vt["status"]["attempts"] == 1  # retried inside the pod, not by the Job
     log = stack.cluster.logs(stack.recorder.pods_for(vt["status"]["jobName"])[0]["metadata"]["name"], NAMESPACE)
-    assert "retry" in log.lower() or "resum" in log.lower(), log[-2000:]
+    retries = [e for e in map(json.loads, filter(lambda line: line.startswith("{"), log.splitlines()))
+               if e["event"] == "retry"]
+    stages = [e["stage"] for e in retries]
+    assert stages.count("downloading") == 2 and stages.count("uploading") == 2, retries
+    assert "resuming at byte" in retries[0]["reason"], retries  # Range, not a fresh download
     row.done("READY in 1 pod: download resumed, upload retried", Invariants(stack, [up]).all())
 
 
