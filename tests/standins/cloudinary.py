@@ -239,6 +239,7 @@ class CloudinaryEmulator:
         """Forget assets, uploads in progress, faults and counters. Derived renditions stay
         cached: they are keyed by the source's content, so they can never be stale."""
         with self._lock:
+            self._generation = getattr(self, "_generation", 0) + 1  # see _Handler._current
             self.assets: dict[tuple[str, str], Asset] = {}
             self._chunks: dict[str, dict] = {}
             self.faults = Faults()
@@ -793,12 +794,26 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet: the request log is `emu.requests`
         pass
 
-    def _record(self, route: str, status: int, sent: int = 0) -> None:
+    def parse_request(self) -> bool:
+        self._gen = self.emu._generation  # which reset() this request belongs to
+        return super().parse_request()
+
+    def _current(self) -> bool:
+        """Whether no reset() happened since this request began (call with the lock held)."""
+        return self._gen == self.emu._generation
+
+    def _record(self, route: str, status: int, sent: int = 0, log: bool = True) -> dict:
+        """Log the request. Called *before* the answer (or its body) reaches the client, so a
+        client that has its answer always finds it counted; the body's `bytes` grow as it
+        is written (see `_body`)."""
+        entry = {"method": self.command, "path": self.path, "route": route, "status": status,
+                 "range": self.headers.get("Range"), "bytes": sent}
         with self.emu._lock:
-            self.emu.requests.append({"method": self.command, "path": self.path, "route": route,
-                                      "status": status, "range": self.headers.get("Range"),
-                                      "bytes": sent})
-        self._log(route, status, sent)
+            if self._current():
+                self.emu.requests.append(entry)
+        if log:
+            self._log(route, status, sent)
+        return entry
 
     def _log(self, route: str, status: int, sent: int = 0) -> None:
         if self.emu.log_requests:
@@ -916,9 +931,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, kind = failure
             body = (b"<html><body><h1>%d Service Unavailable</h1></body></html>" % status
                     if kind == "html" else json.dumps({"error": {"message": "Injected failure"}}).encode())
+            self._record(route, status)
             self._send(status, body, "text/html" if kind == "html" else "application/json",
                        {"X-Cld-Error": "Injected failure"})
-            self._record(route, status)
             return True
         return False
 
@@ -934,6 +949,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.emu.root / "incoming" / (uuid.uuid4().hex + ".body")
         try:
             with open(body, "w+b") as f:
+                # unlinked at once (the open file stays usable): no response, whatever path it
+                # takes, can reach the client while the spool file is still visible on disk
+                body.unlink()
                 remaining = length
                 while remaining:
                     block = self.rfile.read(min(remaining, 1 << 20))
@@ -944,7 +962,8 @@ class _Handler(BaseHTTPRequestHandler):
                     remaining -= len(block)
                 f.flush()
                 with self.emu._lock:
-                    self.emu.bytes_received += length
+                    if self._current():
+                        self.emu.bytes_received += length
                 if self._faults("upload"):
                     return
                 try:
@@ -956,8 +975,8 @@ class _Handler(BaseHTTPRequestHandler):
                         result = self.emu.handle_upload(*m.groups(), fields, file_part, self.headers)
                 except ApiError as e:
                     status, result = e.status, {"error": {"message": e.message}}
-                self._send(status, json.dumps(result).encode())
                 self._record("upload", status)
+                self._send(status, json.dumps(result).encode())
         finally:
             body.unlink(missing_ok=True)
 
@@ -996,8 +1015,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             asset, _, ext, path = self.emu.resolve(self.path.split("?")[0])
         except ApiError as e:
-            self._send(e.status, b"", "text/plain", {"X-Cld-Error": e.message})
-            return self._record("delivery", e.status)
+            self._record("delivery", e.status)
+            return self._send(e.status, b"", "text/plain", {"X-Cld-Error": e.message})
         size = path.stat().st_size
         etag = '"%s"' % hashlib.md5(f"{path.name}:{size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
         start, end, status = 0, size - 1, 200
@@ -1011,8 +1030,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif m and m[2]:
                 start = max(0, size - int(m[2]))
             if not m or start >= size or start > end:
-                self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
-                return self._record("delivery", 416)
+                self._record("delivery", 416)
+                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
             status = 206
         ctype = mimetypes.types_map.get("." + ext, "application/octet-stream")
         self.send_response(status)
@@ -1022,14 +1041,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", etag)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        entry = self._record("delivery", status, log=False)
         self.end_headers()
-        sent = 0
         if self.command == "GET":
-            sent = self._body(path, start, end + 1)
-        self._record("delivery", status, sent)
+            self._body(path, start, end + 1, entry)
+        self._log("delivery", status, entry["bytes"])
 
-    def _body(self, path: Path, start: int, stop: int) -> int:
-        """Write [start, stop) of `path`, honouring the drop and throttle switches."""
+    def _body(self, path: Path, start: int, stop: int, entry: dict) -> int:
+        """Write [start, stop) of `path`, honouring the drop and throttle switches. Each block
+        is counted (`bytes_served`, the request's `bytes`) before it is written, and taken
+        back if the write fails: the counters are final by the time the client has it all."""
         drop_at = self.emu._take_drop()
         bps = self.emu.faults.throttle_bps
         sent, block = 0, 16384 if bps else 1 << 16
@@ -1040,14 +1061,14 @@ class _Handler(BaseHTTPRequestHandler):
                 if drop_at is not None:
                     n = min(n, drop_at - sent)
                 data = f.read(n) if n > 0 else b""
+                self._count(entry, len(data))
                 try:
                     self.wfile.write(data)
                 except OSError:
+                    self._count(entry, -len(data))
                     self.close_connection = True
                     break
                 sent += len(data)
-                with self.emu._lock:
-                    self.emu.bytes_served += len(data)
                 if drop_at is not None and sent >= drop_at:
                     self.close_connection = True
                     try:
@@ -1058,6 +1079,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if bps:
                     time.sleep(len(data) / bps)
         return sent
+
+
+    def _count(self, entry: dict, n: int) -> None:
+        with self.emu._lock:
+            entry["bytes"] += n
+            if self._current():
+                self.emu.bytes_served += n
 
 
 # -- as a process of its own, driven from another one -----------------------------------------
