@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -75,7 +76,7 @@ class _JsonLines:
         self.lecture_id = lecture_id
 
     def emit(self, event: str, **fields) -> None:
-        record = {"event": event}
+        record = {"event": event, "ts": round(time.time(), 3)}  # when: lag and timing analysis
         if self.lecture_id:
             record["lectureId"] = self.lecture_id
         record.update({k: v for k, v in fields.items() if v is not None})
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if json_out:
             json_out.emit("done", videoUrl=video_url, mode=result.mode, width=result.width, height=result.height,
                           inputBytes=result.input_bytes, outputBytes=result.output_bytes,
-                          seconds=round(result.seconds, 2))
+                          seconds=round(result.seconds, 2), stageSeconds=result.stage_seconds)
     except TranscodeError as exc:
         code, reason = exc.exit_code, exc.reason
     except Exception as exc:  # a bug: say so, with the traceback on stderr for the pod log

@@ -55,6 +55,9 @@ class Result:
     seconds: float
     input_probe: Probe
     plan: encode.Plan
+    # Wall seconds per stage (downloading, probing, encoding, uploading): where a transcode's
+    # time goes, and what the pipeline benchmark sets the rest of the system against.
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def is_url(value: str) -> bool:
@@ -197,21 +200,32 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None)
     destination = _check_output(options)
     procs = encode.Processes()
     work = Path(tempfile.mkdtemp(prefix="lectern-"))  # 0700, under TMPDIR
+    timings: dict[str, float] = {}
+    clock = {"stage": None, "since": time.monotonic()}
+
+    def stage(name: str) -> None:
+        now = time.monotonic()
+        if clock["stage"]:
+            timings[clock["stage"]] = round(now - clock["since"], 3)
+        clock.update(stage=name, since=now)
+        if name != "done":
+            tracker.start_stage(name)
+
     try:
         if is_url(options.input):
-            tracker.start_stage("downloading")
+            stage("downloading")
             src = _download(options.input, work, options, tracker, on_retry)
         else:
             src = _local_input(options.input, work)
         input_bytes = src.stat().st_size
-        tracker.start_stage("probing")
+        stage("probing")
         info = probe(src)
         tracker.input_duration_seconds = info.duration
         threads = options.threads or cgroup.thread_count()
         plan = encode.plan(info, threads, options.max_height)
         if on_plan:
             on_plan(info, plan)
-        tracker.start_stage("encoding")
+        stage("encoding")
         out = work / "output.mp4"
         encode.run(plan, info, src, out, work, procs,
                    on_progress=lambda frac, speed: tracker.update(frac, speed=speed))
@@ -221,10 +235,11 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None)
             _deliver_local(out, destination)
             video_url = str(destination)
         else:
-            tracker.start_stage("uploading")
+            stage("uploading")
             video_url = _deliver_cloudinary(out, destination, tracker, on_retry)
+        stage("done")
     finally:
         _cleanup(procs, work)
     return Result(video_url=video_url, mode=plan.mode, width=plan.width, height=plan.height,
                   input_bytes=input_bytes, output_bytes=output_bytes, duration=info.duration,
-                  seconds=time.monotonic() - started, input_probe=info, plan=plan)
+                  seconds=time.monotonic() - started, input_probe=info, plan=plan, stage_seconds=timings)

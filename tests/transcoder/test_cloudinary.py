@@ -57,7 +57,15 @@ def test_download_encode_upload(emu, raw, run_cli, cli_env):
     assert res.returncode == 0, res.stderr
     asset = emu.asset("lectures/lec1/0123456789ab")
     assert res.termination["videoUrl"] == emu.secure_url_for("lectures/lec1/0123456789ab")
-    assert res.event("done")["videoUrl"] == res.termination["videoUrl"]
+    done = res.event("done")
+    assert done["videoUrl"] == res.termination["videoUrl"]
+    # where the time went, stage by stage, within the whole run; every line is timestamped
+    assert set(done["stageSeconds"]) == {"downloading", "probing", "encoding", "uploading"}, done
+    assert all(v >= 0 for v in done["stageSeconds"].values())
+    assert sum(done["stageSeconds"].values()) <= done["seconds"] + 0.05, done
+    assert done["stageSeconds"]["encoding"] > 0.1, done
+    stamps = [e["ts"] for e in res.events]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] <= done["seconds"] + 1, stamps
     # the bandwidth saver asked for a rendition no larger than the target
     (get,) = _delivery(emu)
     assert "/c_limit,w_1280,h_1280/v" in get["path"]
