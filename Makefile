@@ -8,16 +8,18 @@ VENV    := .venv/.installed
 NODE    := tests/node/node_modules/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-flow test bench crds sysdeps clean
+.PHONY: demo demo-transcoder test bench crds sysdeps clean
 
-# The transcoder on a generated 1080p lecture: progress bar, then input vs output.
-demo: sysdeps $(VENV)
-	$(PY) scripts/demo.py
+# The whole pipeline (API upload + queue.add -> intake -> VideoTranscode -> operator -> Job ->
+# transcoder -> Cloudinary -> Lecture READY + notifications), every component its own process on
+# this machine, on a generated 1080p lecture or yours: `make demo VIDEO=path/to/lecture.mp4`.
+# The output MP4 is kept in demo-output/.
+demo: sysdeps $(VENV) $(NODE)
+	$(PY) scripts/demo.py $(if $(VIDEO),--video "$(VIDEO)")
 
-# The whole flow (queue -> intake -> VideoTranscode -> operator -> Job -> transcoder ->
-# Lecture READY + notification) on local stand-ins for the cluster, MongoDB and Cloudinary.
-demo-flow: sysdeps $(VENV) $(NODE)
-	$(PY) scripts/demo_flow.py
+# The transcoder alone on a generated 1080p lecture: progress bar, then input vs output.
+demo-transcoder: sysdeps $(VENV)
+	$(PY) scripts/demo_transcoder.py
 
 test: sysdeps $(VENV) $(NODE)
 	.venv/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
@@ -27,6 +29,7 @@ bench: sysdeps $(VENV) $(NODE)
 	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/transcode.py
 	$(PY) bench/operator.py
+	$(PY) bench/pipeline.py
 
 crds: $(VENV)
 	.venv/bin/lectern-crds --write
