@@ -72,8 +72,10 @@ def lecture_clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def long_clip(tmp_path_factory) -> Path:
-    """Long enough (1080p, 12 s) that a fault can land while ffmpeg is encoding."""
-    return _clip(tmp_path_factory.mktemp("clip") / "long.mp4", 12, "1920x1080")
+    """Long enough (12 s) that a fault can land while ffmpeg is encoding. 720p at camera
+    bitrate: the CDN's c_limit rendition is the original, so the pod really encodes it (the
+    rendition of a 1080p upload is already H.264 within limits and only remuxed, in a blink)."""
+    return _clip(tmp_path_factory.mktemp("clip") / "long.mp4", 12, "1280x720")
 
 
 @pytest.fixture(scope="session")

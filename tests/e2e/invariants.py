@@ -53,8 +53,9 @@ class Matrix(list):
 
     def table(self) -> list[str]:
         head = ("fault", "outcome", "invariants held")
+        ordered = sorted(self, key=lambda r: not r.fault.startswith("none"))  # the happy path first
         rows = [(r.fault, r.outcome, ("yes: " + ", ".join(r.invariants)) if r.held else "NO (test failed)")
-                for r in self]
+                for r in ordered]
         widths = [max(len(x[i]) for x in [head, *rows]) for i in range(2)]
         fmt = f"{{:<{widths[0]}}} | {{:<{widths[1]}}} | {{}}"
         return [fmt.format(*head), "-" * (widths[0] + widths[1] + 24)] + [fmt.format(*r) for r in rows]

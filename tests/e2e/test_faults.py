@@ -54,7 +54,10 @@ def encoding_pod(stack: LocalStack, flight: Flight, at_least: int = 5) -> tuple[
     vt = wait_until(encoding, 60, 0.05, f"job {flight.job_id} encoding")
     pods = [p for p in stack.pods_of(vt["status"]["jobName"]) if p["status"].get("phase") == "Running"]
     assert len(pods) == 1, pods
-    return vt, pods[0]["metadata"]["name"]
+    name = pods[0]["metadata"]["name"]
+    plan = [line for line in stack.cluster.logs(name, NAMESPACE).splitlines() if '"event": "plan"' in line]
+    assert plan and json.loads(plan[0])["mode"] == "transcode", plan  # ffmpeg encodes, not a remux
+    return vt, name
 
 
 def job_failures(stack: LocalStack, vt: dict) -> int:
