@@ -12,7 +12,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The whole pipeline (API upload + queue.add -> intake -> VideoTranscode -> operator -> Job ->
 # transcoder -> Cloudinary -> Lecture READY + notifications), every component its own process on
-# this machine, on a generated 1080p lecture or yours: `make demo VIDEO=path/to/lecture.mp4`.
+# this machine, on a generated 720p lecture or yours: `make demo VIDEO=path/to/lecture.mp4`.
 # The output MP4 is kept in demo-output/.
 demo: sysdeps $(VENV) $(NODE)
 	$(PY) scripts/demo.py $(if $(VIDEO),--video "$(VIDEO)")

@@ -1,7 +1,7 @@
 """`make demo`: the whole Lectern pipeline on this machine, told as it happens. One lecture
 video goes from the platform API's queue to a READY Lecture with a small 720p streaming MP4.
 
-    .venv/bin/python scripts/demo.py [--video PATH] [--duration 20] [--size 1920x1080]
+    .venv/bin/python scripts/demo.py [--video PATH] [--duration 30] [--size 1280x720]
     make demo [VIDEO=path/to/lecture.mp4]
 
 Every component runs as its own process (tests/e2e/stack.py, `LocalStack`): redis-server,
@@ -349,8 +349,11 @@ def dump_log_files(workdir: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--video", type=Path, help="your own lecture video instead of a generated one")
-    p.add_argument("--duration", type=float, default=20, help="seconds of generated lecture (default 20)")
-    p.add_argument("--size", default="1920x1080", help="WxH of the generated lecture (default 1920x1080)")
+    p.add_argument("--duration", type=float, default=30, help="seconds of generated lecture (default 30)")
+    # 720p at a camera's bitrate: the CDN's <=1280 px rendition is the original, so the pod
+    # downloads it all and Lectern's own ffmpeg encode does the work. (A 1080p upload arrives
+    # as Cloudinary's H.264 rendition, which is usually compliant already and only remuxed.)
+    p.add_argument("--size", default="1280x720", help="WxH of the generated lecture (default 1280x720)")
     p.add_argument("--output-dir", type=Path, default=ROOT / "demo-output",
                    help="where the transcoded MP4 is kept (default demo-output/)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the result (default 300)")
