@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = one_run(stack, clip)
                 runs.append(r)
                 print(f"run {i + 1}: total {r['total']:.1f} s, ffmpeg {r['ffmpeg']:.1f} s, "
-                      f"overhead {(r['total'] - r['ffmpeg']) / r['ffmpeg']:.1%}", flush=True)
+                      f"overhead {(r['total'] - r['ffmpeg']) / r['ffmpeg']:.1%} (before the pod {r['before_pod']:.2f} s, "
+                      f"in the pod {r['in_pod_other']:.2f} s, after {r['after_pod']:.2f} s)", flush=True)
 
     lags = [lag for r in runs for lag in r["lags"]]
     best = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]  # the median run
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(lags):.2f} / {pct(lags, 0.95):.2f} / {max(lags):.2f} s | <= 2 s |",
         f"| sizes | {best['input_mb']:.1f} MB raw -> {best['output_mb']:.2f} MB | |",
     ]
+    lines += ["", "Every run: " + "; ".join(
+        f"{r['total']:.1f} s total, {r['ffmpeg']:.1f} s ffmpeg, {(r['total'] - r['ffmpeg']) / r['ffmpeg']:.1%}" for r in runs)]
     print("\n" + "\n".join(lines))
     if args.write:
         (ROOT / "bench" / "PIPELINE_RESULTS.md").write_text("\n".join(lines) + "\n")
