@@ -220,10 +220,6 @@ class Service:
         code, self.proc = self.proc.returncode, None
         return code
 
-    def restart(self, sig: int = signal.SIGKILL) -> None:
-        self.stop(sig)
-        self.start().wait_ready()
-
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
