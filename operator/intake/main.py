@@ -39,9 +39,11 @@ def worker_options(settings: Settings) -> dict:
         # After a Redis connection error the fetch loop waits this long before asking again.
         "runRetryDelay": 2000,
         # The idle wait for the next job (BZPOPMIN on the queue's marker) in seconds. With the
-        # default 5 s, a job added after the worker had idled for 10 s or more was measured to
-        # be picked up 2-7 s late (bench/pipeline.py, one run in three); with 1 s it is at once.
-        # An idle worker pays one cheap blocking call a second for it.
+        # default 5 s, the port's blocking connection reconnects after an empty wait and leaves
+        # a gap of seconds with no BZPOPMIN pending (seen with `redis-cli monitor`, plain bullmq
+        # 3.4.4, no Lectern code involved): a job added after 10 s of idling was picked up 2-7 s
+        # late (bench/pipeline.py, one run in three). With 1 s it is picked up at once; an idle
+        # worker pays one cheap blocking call a second for it.
         "drainDelay": 1,
         "name": f"lectern-intake:{socket.gethostname()}",
         "autorun": False,
