@@ -52,7 +52,7 @@ from lectern_operator.api import crd as crdgen
 from tests.intake.conftest import Events, Producer
 from tests.standins.cloudinary import CloudinaryProcess
 from tests.standins.cluster import ClusterProcess
-from tests.standins.services import MongoServer, RedisServer, free_port, wait_until
+from tests.standins.services import MongoServer, RedisServer, free_port, stop_process, wait_until
 from tests.standins.tls import make_test_certs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,17 +208,8 @@ class Service:
         self.stop(signal.SIGKILL)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 20) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        code, self.proc = self.proc.returncode, None
-        return code
+        proc, self.proc = self.proc, None
+        return stop_process(proc, sig, grace)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1270,36 +1270,21 @@ class CloudinaryProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), cwd=self.root, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self.ready_file.exists():
-                self.info = json.loads(self.ready_file.read_text())
-                break
-            if self.proc.poll() is not None:
-                code, self.proc = self.proc.returncode, None
-                raise RuntimeError(f"the Cloudinary emulator exited with {code} before it was "
-                                   f"ready; log {self.log_path}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"the Cloudinary emulator was not ready after "
-                                   f"{self.ready_timeout:g}s; log {self.log_path}:\n{self.log_tail()}")
-            time.sleep(0.02)
+        from tests.standins.services import wait_ready_file
+        try:
+            self.info = wait_ready_file(self.proc, self.ready_file, self.ready_timeout, "the Cloudinary emulator",
+                                        lambda: f"log {self.log_path}:\n{self.log_tail()}")
+        except RuntimeError:
+            self.proc = None
+            raise
         self.control = CloudinaryControl(self.base_url)
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status (None: not running)."""
+        from tests.standins.services import stop_process
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, grace=timeout)
 
     def log_tail(self, nbytes: int = 4000) -> str:
         try:

@@ -15,7 +15,9 @@ zeroed counters.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,18 +39,18 @@ def cloudinary_emulator(cloudinary_emulator_session):
     cloudinary_emulator_session.reset()
 
 
-@pytest.fixture
-def cloudinary_env(cloudinary_emulator):
+@contextlib.contextmanager
+def sdk_pointed_at(cloudinary_url: str) -> Iterator[None]:
     """Sets CLOUDINARY_URL (inherited by subprocesses such as `lectern-transcode`) and reloads
-    the in-process SDK config from it; both are restored afterwards. Yields the emulator."""
+    the in-process SDK config from it; both are restored on exit."""
     import cloudinary
 
     saved = {k: os.environ.get(k) for k in ("CLOUDINARY_URL", "CLOUDINARY_CLOUD_NAME")}
-    os.environ["CLOUDINARY_URL"] = cloudinary_emulator.cloudinary_url
+    os.environ["CLOUDINARY_URL"] = cloudinary_url
     os.environ.pop("CLOUDINARY_CLOUD_NAME", None)  # it would win over the URL
     cloudinary.reset_config()
     try:
-        yield cloudinary_emulator
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
@@ -56,3 +58,10 @@ def cloudinary_env(cloudinary_emulator):
             else:
                 os.environ[k] = v
         cloudinary.reset_config()
+
+
+@pytest.fixture
+def cloudinary_env(cloudinary_emulator):
+    """The emulator, with the SDK and CLOUDINARY_URL pointed at it (see `sdk_pointed_at`)."""
+    with sdk_pointed_at(cloudinary_emulator.cloudinary_url):
+        yield cloudinary_emulator

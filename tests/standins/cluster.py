@@ -27,7 +27,6 @@ import pathlib
 import signal
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +35,7 @@ from typing import Any
 from tests.standins.kube import KubeEmulator
 from tests.standins.kube_fixtures import write_kubeconfig
 from tests.standins.kubelet import Kubelet
+from tests.standins.services import python_main, stop_process, wait_ready_file
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -121,31 +121,22 @@ class ClusterProcess:
         self.url = self.kubeconfig = ""
 
     def start(self, timeout: float = 30) -> "ClusterProcess":
-        from tests.standins.services import python_main
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)
         with open(self.workdir / "cluster.log", "ab") as log:
             self.proc = subprocess.Popen(python_main("tests.standins.cluster", *self.args), cwd=self.workdir,
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the local cluster did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
+        try:
+            info = wait_ready_file(self.proc, ready, timeout, "the local cluster", lambda: self.log()[-3000:])
+        except RuntimeError:
+            self.proc = None
+            raise
         self.url, self.kubeconfig = info["url"], info["kubeconfig"]
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=30)
         self.proc = None
 
     def log(self) -> str:

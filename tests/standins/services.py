@@ -5,8 +5,10 @@ test can stop and start it again on the same port to exercise reconnects."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +58,36 @@ def python_main(module: str, *args: str) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = 10.0) -> int | None:
+    """Send `sig`, wait up to `grace` seconds, then SIGKILL; returns the exit status (None: no
+    process). Every child the tests start is stopped this way."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def wait_ready_file(proc: subprocess.Popen, path: Path, timeout: float, what: str,
+                    log: Callable[[], str]) -> dict:
+    """The JSON a child writes (atomically) once it listens. Raises RuntimeError with its log if
+    it exits first, TimeoutError (after stopping it) if it is not ready in `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready:\n{log()}")
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise TimeoutError(f"{what} was not ready after {timeout:g}s:\n{log()}")
+        time.sleep(0.02)
+    return json.loads(path.read_text())
+
+
 class _Server:
     """A restartable server process on a fixed port."""
 
@@ -75,13 +107,7 @@ class _Server:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:

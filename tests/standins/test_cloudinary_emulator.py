@@ -21,6 +21,7 @@ import pytest
 from cloudinary.exceptions import AuthorizationRequired, Error
 
 from tests.standins.cloudinary import CloudinaryProcess, ControlError, string_to_sign
+from tests.standins.cloudinary_fixtures import sdk_pointed_at
 from tests.standins.services import free_port, python_main
 from tests.standins.tls import make_test_certs
 
@@ -223,20 +224,9 @@ def cld_process(tmp_path_factory):
 @pytest.fixture
 def cld(cld_process):
     """The process, with the in-process SDK configured from its CLOUDINARY_URL."""
-    saved = {k: os.environ.get(k) for k in ("CLOUDINARY_URL", "CLOUDINARY_CLOUD_NAME")}
-    os.environ["CLOUDINARY_URL"] = cld_process.cloudinary_url
-    os.environ.pop("CLOUDINARY_CLOUD_NAME", None)
-    cloudinary.reset_config()
     cld_process.control.clear_faults()
-    try:
+    with sdk_pointed_at(cld_process.cloudinary_url):
         yield cld_process
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        cloudinary.reset_config()
 
 
 def test_python_main_argv():
