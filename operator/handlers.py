@@ -2,7 +2,8 @@
 
     on.startup   kopf settings (annotations for kopf's own bookkeeping, peering, timeouts),
                  the Mongo/Redis clients
-    on.login     the API server: LECTERN_KUBE_API_URL, else in-cluster, else kubeconfig
+    on.login     in-cluster, else the kubeconfig (lectern_operator.kube: the operator's own
+                 calls log in the same way, and again when a token is refused)
     index        every VideoTranscode's phase/priority/creation time: the queue
     on.create    validate, phase Queued, admit if a slot is free
     timer        Running: Job + pods + report -> status, Lecture, notifications, watchdog;
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from lectern_operator import jobs
 from lectern_operator.api import v1alpha1 as api
-from lectern_operator.kube import Kube, KubeError
+from lectern_operator.kube import Conflict, Credentials, Kube, KubeError
 from lectern_operator.lectures import Lectures
 from lectern_operator.notify import Notifier
 from lectern_operator.queue import Admission, Entry, entry_from_body
@@ -42,7 +43,6 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.connection: kopf.ConnectionInfo | None = None
         self._kube: Kube | None = None
         self.lectures = Lectures(settings)
         self.notifier: Notifier | None = None
@@ -50,21 +50,33 @@ class Services:
         self.admission = Admission(settings, self.start)
         self._retry: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.Task | None = None
+        # The kopf index of every VideoTranscode, captured from the first handler that gets it
+        # (kopf hands indices to resource handlers only).
+        self.index: Any = None
 
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            if self.connection is None:
-                raise RuntimeError("not logged in to the API server yet")
-            self._kube = Kube(self.connection)
+            self._kube = Kube(user_agent="lectern-operator")
         return self._kube
 
     def open(self) -> None:
         self.notifier = Notifier(self.settings)
         self.reconciler = Reconciler(self.settings, lambda: self.kube, self.lectures, self.notifier)
+        self._loop = asyncio.create_task(self._admit_periodically(), name="admission")
+
+    async def _admit_periodically(self) -> None:
+        """Level-triggered admission: every admit interval, whatever happened or was missed
+        (a lost event, a 409, a start that failed), the queue is compared with the cap again.
+        The edges (create, finish, delete) only make it happen sooner."""
+        while True:
+            await asyncio.sleep(self.settings.admit_interval_seconds)
+            if self.index is not None:
+                await self.admit(self.index, force=False)
 
     async def close(self) -> None:
-        for task in [self._retry, *self._tasks]:
+        for task in [self._loop, self._retry, *self._tasks]:
             if task is not None:
                 task.cancel()
         if self.notifier is not None:
@@ -77,6 +89,8 @@ class Services:
         """Request an admission pass in the background and return at once: a long pass never
         holds up the calling object's own events (e.g. its progress reports). Requests made
         while a pass runs coalesce into one more pass."""
+        if index is not None:
+            self.index = index
         if not force and not self.admission.due():
             return
         if self.admission.busy:
@@ -103,30 +117,37 @@ class Services:
         await self._admit_now(index)
 
     async def start(self, entry: Entry) -> bool:
-        """Queued -> Running for one CR: status first (it is what the cap counts), then the Job."""
+        """Queued -> Running for one CR: status first (it is what the cap counts), then the Job.
+
+        The status write is a compare-and-swap on resourceVersion, so only a CR that is still
+        Queued starts. A 409 means something else wrote the object meanwhile -- most often
+        kopf's own annotation patch after the create handler, milliseconds after our read on
+        a real API server -- so it reads the object again and retries."""
         path = Kube.vt_path(entry.namespace, entry.name)
-        body = await self.kube.get(path)
-        if body is None:
-            return False
-        status = body.get("status") or {}
-        if status.get("phase") != "Queued" or (body["metadata"].get("deletionTimestamp")):
-            return False  # the index lagged: started already, finished, or going away
-        meta = body["metadata"]
-        job_name = jobs.job_name(meta["name"], meta.get("uid"))
-        t = now()
-        patch = {
-            "phase": "Running", "jobName": job_name, "startedAt": iso(t), "progressAt": iso(t),
-            "message": "starting", "observedGeneration": meta.get("generation"),
-            "conditions": set_condition(status.get("conditions"), api.COND_ADMITTED, "True", "SlotFree",
-                                        f"Job {job_name} started"),
-        }
-        try:  # compare-and-swap on resourceVersion: only a CR that is still Queued starts
-            await self.kube.merge_patch(f"{path}/status", {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-                                                            "status": patch})
-        except KubeError as exc:
-            if exc.status == 409:
-                return False  # changed meanwhile (kopf's own annotations, a deletion): next pass
-            raise
+        for _ in range(5):
+            body = await self.kube.get(path)
+            if body is None:
+                return False
+            status = body.get("status") or {}
+            if status.get("phase") != "Queued" or (body["metadata"].get("deletionTimestamp")):
+                return False  # the index lagged: started already, finished, or going away
+            meta = body["metadata"]
+            job_name = jobs.job_name(meta["name"], meta.get("uid"))
+            t = now()
+            patch = {
+                "phase": "Running", "jobName": job_name, "startedAt": iso(t), "progressAt": iso(t),
+                "message": "starting", "observedGeneration": meta.get("generation"),
+                "conditions": set_condition(status.get("conditions"), api.COND_ADMITTED, "True", "SlotFree",
+                                            f"Job {job_name} started"),
+            }
+            try:
+                await self.kube.merge_patch(f"{path}/status", {"metadata": {"resourceVersion": meta.get("resourceVersion")},
+                                                                "status": patch})
+                break
+            except Conflict:
+                continue
+        else:
+            return False  # still contended: the next admission pass (at most an admit interval away) retries
         queued = parse_time(status.get("queuedAt"))
         waited = (t - queued).total_seconds() if queued else 0.0
         metrics.QUEUE_WAIT.observe(max(waited, 0.0))
@@ -176,14 +197,9 @@ def build_registry(settings: Settings | None = None, services: Services | None =
         await svc.close()
 
     @kopf.on.login(id="login", registry=reg)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if s.kube_api_url:
-            info = kopf.ConnectionInfo(server=s.kube_api_url, insecure=s.kube_api_url.startswith("http:"),
-                                       default_namespace=s.namespaces[0] if s.namespaces else None)
-        else:
-            info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-        svc.connection = info
-        return info
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """Called at start and again whenever the API server refuses kopf's token."""
+        return Credentials.load().connection_info()
 
     @kopf.on.probe(id="queue", registry=reg)
     def probe(**_: Any) -> dict[str, int]:

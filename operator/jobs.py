@@ -54,7 +54,10 @@ def job_name(cr_name: str, uid: str | None) -> str:
     never makes a second one); a deleted and re-created CR of the same name gets a new Job
     instead of adopting the old one's leftovers. At most 63 characters (label-safe)."""
     digest = hashlib.sha256(f"{cr_name}/{uid or ''}".encode()).hexdigest()[:8]
-    return f"{cr_name[:50].rstrip('-.')}-{digest}"
+    # A CR name is a DNS subdomain (dots allowed, 253 long); a Job name ends up in the
+    # `job-name` label and the pods' hostnames: a DNS label, no dots.
+    stem = re.sub(r"[^a-z0-9-]+", "-", cr_name[:50]).strip("-") or "vt"
+    return f"{stem}-{digest}"
 
 
 def output_target(settings: Settings, lecture_id: str, raw_video_url: str) -> str:
@@ -78,7 +81,8 @@ def resources(settings: Settings, overrides: Mapping[str, Any] | None) -> dict[s
     return {
         "requests": {"cpu": _min_quantity(settings.transcoder_cpu_request, cpu_limit),
                      "memory": _min_quantity(settings.transcoder_memory_request, mem_limit),
-                     "ephemeral-storage": settings.transcoder_scratch_size},
+                     "ephemeral-storage": _min_quantity(settings.transcoder_scratch_request,
+                                                        settings.transcoder_scratch_size)},
         "limits": {"cpu": cpu_limit, "memory": mem_limit},
     }
 
@@ -89,8 +93,8 @@ def labels(cr_name: str, lecture_id: str) -> dict[str, str]:
         "app.kubernetes.io/component": "transcoder",
         "app.kubernetes.io/part-of": "lectern",
         "app.kubernetes.io/managed-by": "lectern-operator",
-        api.LABEL_TRANSCODE: cr_name,
-        api.LABEL_LECTURE_ID: lecture_id,
+        api.LABEL_TRANSCODE: api.label_value(cr_name),
+        api.LABEL_LECTURE_ID: api.label_value(lecture_id),
     }
 
 
@@ -112,8 +116,6 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    if settings.kube_api_url:
-        env.append({"name": "LECTERN_KUBE_API_URL", "value": settings.kube_api_url})
 
     container = {
         "name": CONTAINER,

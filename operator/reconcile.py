@@ -104,6 +104,36 @@ def termination(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def container_started(pod: Mapping[str, Any]) -> datetime | None:
+    """When the transcoder container started running (None: not yet)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        if started:
+            return parse_time(started)
+    return None
+
+
+# Container waiting reasons that do not clear by themselves (the kubelet's names).
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def pending_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a pending pod is not running, when it will not fix itself soon."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return f"Unschedulable: {c.get('message') or ''}".strip()
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+    return None
+
+
 def pod_started(pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
     return str((pod.get("status") or {}).get("startTime") or meta.get("creationTimestamp") or "")
@@ -145,12 +175,11 @@ class Reconciler:
         return await self.kube.create(Kube.jobs_path(ns), manifest)
 
     async def pods_of(self, namespace: str, name: str, job_name: str) -> list[dict[str, Any]]:
-        pods = await self.kube.list(Kube.pods_path(namespace), label_selector=f"{api.LABEL_TRANSCODE}={name}")
+        pods = await self.kube.list(Kube.pods_path(namespace),
+                                    label_selector=f"{api.LABEL_TRANSCODE}={api.label_value(name)}")
         out = []
         for p in pods:
             meta = p.get("metadata") or {}
-            if (meta.get("labels") or {}).get(api.LABEL_TRANSCODE) != name:
-                continue  # a server that ignores label selectors
             owners = meta.get("ownerReferences") or []
             if owners and not any(o.get("name") == job_name for o in owners):
                 continue
@@ -170,7 +199,16 @@ class Reconciler:
 
         job = await self.kube.get(Kube.jobs_path(ns, job_name))
         if job is None:
-            job, created = await self.ensure_job(body)
+            try:
+                job, created = await self.ensure_job(body)
+            except KubeError as exc:
+                if exc.transient or exc.status in (401, 403):
+                    raise  # the API server or RBAC in trouble: kopf retries the timer
+                # The server refuses the Job itself (422, 400): it will refuse it every time,
+                # so the transcode fails and frees its slot.
+                reason = f"the API server refused the transcode Job: {exc.message}"
+                return {**patch, **await self.finish(body, status, "Failed",
+                                                     {"reason": "JobRejected", "message": reason}, [], {}, logger)}
             if created:
                 kopf.event(body, type="Normal", reason="JobCreated", message=f"Job {job_name} created")
 
@@ -239,6 +277,16 @@ class Reconciler:
             patch.update(await self.finish(body, status, final, cond, pods, report, logger))
             return patch
 
+        # A pod that cannot start: say why now, fail the transcode after start_timeout_seconds.
+        start_patch, failure = self.not_starting(body, status, job, pods)
+        patch.update(start_patch)
+        status.update(start_patch)
+        if failure:
+            await self.kube.delete(Kube.jobs_path(ns, job_name), propagation="Background")
+            patch.update(await self.finish(body, status, "Failed", {"reason": "PodNotStarting", "message": failure},
+                                           [], report, logger))
+            return patch
+
         # Watchdog: progress has not moved for stall_timeout -> delete the pod, the Job retries.
         patch.update(await self.watchdog(body, status, pods, logger))
         return patch
@@ -253,17 +301,24 @@ class Reconciler:
         return cost
 
     async def watchdog(self, body, status, pods, logger) -> dict[str, Any]:
+        """Progress has not moved for stall_timeout while the container *runs* -> delete the
+        pod, the Job retries it. The clock starts when the container started (not when the pod
+        was created: scheduling, image pulls and a scaling-up cluster are not a stall)."""
         active = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"
                   and not (p.get("metadata") or {}).get("deletionTimestamp")]
-        since = parse_time(status.get("progressAt")) or parse_time(status.get("startedAt"))
-        if not active or since is None:
+        if not active:
             return {}
+        since = parse_time(status.get("progressAt")) or parse_time(status.get("startedAt"))
+        started = [t for t in (container_started(p) for p in active) if t is not None]
+        if not started:
+            return {}  # Running but the container has not reported its start yet
+        since = max([since, *started]) if since else max(started)
         stalled_for = (now() - since).total_seconds()
         if stalled_for < self.settings.stall_timeout_seconds:
             return {}
         ns = body["metadata"].get("namespace", "default")
         for p in active:
-            await self.kube.delete(Kube.pods_path(ns, p["metadata"]["name"]))
+            await self.kube.delete(Kube.pods_path(ns, p["metadata"]["name"]), uid=p["metadata"].get("uid"))
         names = ", ".join(p["metadata"]["name"] for p in active)
         metrics.STALLS.inc(len(active))
         kopf.event(body, type="Warning", reason="Stalled",
@@ -272,6 +327,28 @@ class Reconciler:
         return {"stalls": int(status.get("stalls") or 0) + len(active), "progressAt": iso(now()),
                 "conditions": set_condition(status.get("conditions"), api.COND_STALLED, "True", "NoProgress",
                                             f"deleted {names} after {int(stalled_for)}s without progress")}
+
+    def not_starting(self, body, status, job, pods) -> tuple[dict[str, Any], str | None]:
+        """A pod that cannot start (unschedulable, image pull, missing Secret/ConfigMap) says so
+        in the CR's message and events at once; after `start_timeout_seconds` without any
+        container running, the transcode fails with that reason instead of waiting out the
+        whole deadline. Returns (status patch, failure reason or None)."""
+        if any(container_started(p) for p in pods) or status.get("containerStartedAt"):
+            return ({} if status.get("containerStartedAt") else {"containerStartedAt": iso(now())}), None
+        waiting = [(p, why) for p in pods if (why := pending_reason(p))]
+        if not waiting:
+            return {}, None
+        pod, why = waiting[-1]
+        created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or parse_time(status.get("startedAt"))
+        waited = (now() - created).total_seconds() if created else 0.0
+        message = f"pod {pod['metadata']['name']} cannot start: {why}"
+        patch: dict[str, Any] = {}
+        if message != status.get("message"):
+            patch["message"] = message[:1024]
+            kopf.event(body, type="Warning", reason="PodNotStarting", message=message[:1024])
+        if waited >= self.settings.start_timeout_seconds:
+            return patch, f"the transcode pod could not start in {int(waited)}s: {why}"
+        return patch, None
 
     async def finish(self, body, status, final, cond, pods, report, logger) -> dict[str, Any]:
         last = pods[-1] if pods else None

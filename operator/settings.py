@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     max_concurrent: Annotated[int, Field(ge=1)] = 4
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 600
+    # A transcode whose pod cannot start (unschedulable, image pull, missing Secret) this long
+    # fails with the reason, instead of holding a slot until the Job's deadline.
+    start_timeout_seconds: Annotated[float, Field(gt=0)] = 600
     # How often a running transcode is reconciled from its Job, pods and report (also bounds
     # the report -> notification lag), and how often queued ones re-check for a free slot.
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
@@ -46,9 +49,7 @@ class Settings(BaseSettings):
     # The Redis key that makes the final notification exactly-once lives this long.
     notified_key_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
 
-    # Kubernetes API: in-cluster / kubeconfig unless set (tests and local runs: the emulator).
-    # Also handed to the transcoder Job as LECTERN_KUBE_API_URL when set.
-    kube_api_url: str | None = None
+    # The Kubernetes API server and credentials: in-cluster, else $KUBECONFIG (lectern_operator.kube).
     # kopf peering: two replicas never both act. `standalone` turns it off (tests, one replica).
     peering_name: str = "lectern"
     standalone: bool = False
@@ -70,7 +71,8 @@ class Settings(BaseSettings):
     transcoder_min_cpu: str = "250m"
     transcoder_min_memory: str = "256Mi"
     transcoder_run_as_user: int = 65532
-    transcoder_scratch_size: str = "20Gi"
+    transcoder_scratch_size: str = "20Gi"       # the emptyDir's sizeLimit
+    transcoder_scratch_request: str = "2Gi"     # its ephemeral-storage request (what the scheduler reserves)
     transcoder_active_deadline_seconds: int = 3600
     transcoder_backoff_limit: int = 3
     transcoder_ttl_seconds_after_finished: int = 3600

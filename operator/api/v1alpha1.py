@@ -7,6 +7,8 @@ Field names are camelCase on the wire, as in every Kubernetes API.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -164,6 +166,8 @@ class VideoTranscodeStatus(_Model):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     progress_at: datetime | None = Field(None, description="When progress last moved (watchdog).")
+    container_started_at: datetime | None = Field(
+        None, description="When a transcoder container first ran (before it: the start timeout applies).")
     stalls: Annotated[int, Field(ge=0)] = Field(0, description="Pods the watchdog deleted.")
     conditions: list[Condition] = Field(default_factory=list)
     cost: Cost | None = None
@@ -190,6 +194,18 @@ COND_COMPLETE = "Complete"        # True on success
 COND_FAILED = "Failed"            # True on final failure
 COND_LECTURE_SYNCED = "LectureSynced"  # False while a Lecture write is pending (Mongo down) or superseded
 COND_STALLED = "Stalled"          # True right after the watchdog restarted a stuck pod
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def label_value(value: str) -> str:
+    """`value` itself when it is a valid label value, else a stable digest (`h-<sha256 prefix>`)
+    so that selectors on the label still work for any id: a CR name may be 253 characters and
+    a lectureId may end in `-` or `_`, neither of which a label value admits."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
 
 LABEL_TRANSCODE = f"{GROUP}/transcode"
 LABEL_LECTURE_ID = f"{GROUP}/lecture-id"

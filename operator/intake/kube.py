@@ -1,8 +1,7 @@
-"""Asynchronous access to `VideoTranscode`s for the intake (kubernetes_asyncio, never the
-blocking client: anything that blocks the event loop stops BullMQ's lock renewal).
+"""The intake's view of `VideoTranscode`s, on the shared client (lectern_operator.kube).
 
-- `TranscodeApi`: create / get / list / annotate / delete in one namespace, with errors
-  classified as transient (retry) or permanent.
+- `TranscodeApi`: create / get / list / annotate / delete / watch in one namespace, with
+  errors classified as transient (retry) or permanent.
 - `TranscodeCache`: one shared list+watch of the intake's CRs (an informer). Hundreds of
   waiting jobs share it instead of each holding a watch; a job waits on the cache for a change
   of its CR and falls back to a direct GET every `resync` seconds, so a missed or broken watch
@@ -12,181 +11,82 @@ blocking client: anything that blocks the event loop stops BullMQ's lock renewal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from lectern_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from lectern_operator.kube import Conflict, Kube, KubeError
 
 log = logging.getLogger("lectern.intake.kube")
 
-MERGE_PATCH = "application/merge-patch+json"
+__all__ = ["Conflict", "KubeError", "TranscodeApi", "TranscodeCache"]
 
 
-class KubeError(Exception):
-    """A Kubernetes API call failed. `transient` ones are worth retrying (the API server is
-    unreachable, overloaded or restarting); the others will fail again the same way."""
-
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-
-
-class Conflict(KubeError):
-    pass
-
-
-def _classify(exc: BaseException, what: str) -> KubeError:
-    if isinstance(exc, KubeError):
-        return exc
-    if isinstance(exc, ApiException):
-        status = exc.status or 0
-        detail = exc.reason or ""
-        try:
-            body = json.loads(exc.body) if exc.body else {}
-            detail = body.get("message") or detail
-        except (ValueError, TypeError, AttributeError):
-            pass
-        cls = Conflict if status == 409 else KubeError
-        # 5xx, throttling and timeouts pass; 401/403/404 are usually a deployment still rolling
-        # out (RBAC, CRD not installed yet), so they are retried within the caller's budget too.
-        transient = status == 0 or status >= 500 or status in (401, 403, 404, 408, 429)
-        return cls(f"{what}: HTTP {status} {detail}".strip(), status=status, transient=transient)
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError, ConnectionError)):
-        return KubeError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})", transient=True)
-    return KubeError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-async def api_client(api_url: str | None = None, pool_size: int = 20) -> client.ApiClient:
-    """An ApiClient for, in this order: `api_url` (LECTERN_KUBE_API_URL, e.g. a local emulator
-    over plain http without a token), the in-cluster service account (token re-read as it
-    rotates), `$KUBECONFIG` / ~/.kube/config. At most `pool_size` connections: hundreds of
-    waiting jobs share them (and one long-lived watch)."""
-    cfg = client.Configuration()
-    if api_url:
-        cfg.host = api_url.rstrip("/")
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    cfg.connection_pool_maxsize = pool_size
-    return client.ApiClient(configuration=cfg)
+def _classify(exc: KubeError, what: str) -> KubeError:
+    """The intake retries, within its budget, what a rollout in progress also answers: 401/403
+    (RBAC not bound yet) and 404 (CRD not installed yet), besides the plainly transient."""
+    cls = Conflict if exc.status == 409 else KubeError
+    out = cls(exc.status, f"{what}: {exc}")
+    out.transient = exc.transient or exc.status in (401, 403, 404)
+    return out
 
 
 class TranscodeApi:
-    def __init__(self, api: client.ApiClient, namespace: str, request_timeout: float = 30.0):
-        self.api = api
-        self.custom = client.CustomObjectsApi(api)
+    def __init__(self, kube: Kube, namespace: str):
+        self.kube = kube
         self.namespace = namespace
-        self.request_timeout = request_timeout
+
+    def _path(self, name: str | None = None) -> str:
+        return Kube.vt_path(self.namespace, name)
 
     async def close(self) -> None:
-        await self.api.close()
-
-    async def _call(self, what: str, fn, *args, **kwargs):
-        try:
-            return await fn(GROUP, VERSION, self.namespace, PLURAL, *args,
-                            _request_timeout=self.request_timeout, **kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified
-            raise _classify(exc, what) from exc
+        await self.kube.close()
 
     async def create(self, body: dict) -> dict:
-        return await self._call(f"create VideoTranscode {body['metadata']['name']}",
-                                self.custom.create_namespaced_custom_object, body)
+        try:
+            return await self.kube.request("POST", self._path(), json=body)
+        except KubeError as exc:
+            raise _classify(exc, f"create VideoTranscode {body['metadata']['name']}") from exc
 
     async def get(self, name: str) -> dict | None:
         try:
-            return await self._call(f"get VideoTranscode {name}", self.custom.get_namespaced_custom_object, name)
+            return await self.kube.get(self._path(name))
         except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+            raise _classify(exc, f"get VideoTranscode {name}") from exc
 
     async def list(self, label_selector: str | None = None, limit: int | None = None) -> tuple[list[dict], str | None]:
-        kwargs: dict[str, Any] = {}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if limit:
-            kwargs["limit"] = limit
-        result = await self._call("list VideoTranscodes", self.custom.list_namespaced_custom_object, **kwargs)
-        return list(result.get("items") or []), (result.get("metadata") or {}).get("resourceVersion")
+        try:
+            return await self.kube.list_with_version(self._path(), label_selector=label_selector, limit=limit)
+        except KubeError as exc:
+            raise _classify(exc, "list VideoTranscodes") from exc
 
     async def annotate(self, name: str, annotations: dict[str, str | None]) -> dict | None:
         """Merge `annotations` into the CR's metadata; None if the CR does not exist."""
         try:
-            return await self._call(f"annotate VideoTranscode {name}", self.custom.patch_namespaced_custom_object,
-                                    name, {"metadata": {"annotations": annotations}}, _content_type=MERGE_PATCH)
+            return await self.kube.merge_patch(self._path(name), {"metadata": {"annotations": annotations}})
         except KubeError as exc:
             if exc.status == 404:
                 return None
-            raise
+            raise _classify(exc, f"annotate VideoTranscode {name}") from exc
 
     async def delete(self, name: str, uid: str | None = None) -> bool:
         """Delete (foreground would wait for the Job; background lets the garbage collector
         take the operator's Job and pods). False if it was already gone."""
-        body: dict[str, Any] = {"propagationPolicy": "Background"}
-        if uid:
-            body["preconditions"] = {"uid": uid}
         try:
-            await self._call(f"delete VideoTranscode {name}", self.custom.delete_namespaced_custom_object,
-                             name, body=body)
-            return True
+            return await self.kube.delete(self._path(name), uid=uid)
         except KubeError as exc:
-            if exc.status in (404, 409):  # gone, or the uid changed: someone else's object now
-                return False
-            raise
+            raise _classify(exc, f"delete VideoTranscode {name}") from exc
 
     async def watch(self, label_selector: str | None, resource_version: str | None,
                     timeout_seconds: int) -> AsyncIterator[tuple[str, dict]]:
         """Watch events; the first item is ("OPEN", {}) once the server accepted the watch."""
-        # "true" as a string: the client would send Python's "True", which a real API server
-        # accepts (Go's ParseBool) but stricter emulators do not.
-        kwargs: dict[str, Any] = {"watch": "true", "timeout_seconds": timeout_seconds,
-                                  "allow_watch_bookmarks": "true"}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if resource_version:
-            kwargs["resource_version"] = resource_version
         try:
-            resp = await self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.request_timeout,
-                                                       sock_read=timeout_seconds + 30), **kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
+            async for item in self.kube.watch(self._path(), label_selector=label_selector,
+                                              resource_version=resource_version, timeout_seconds=timeout_seconds):
+                yield item
+        except KubeError as exc:
             raise _classify(exc, "watch VideoTranscodes") from exc
-        try:
-            yield "OPEN", {}
-            async with resp:
-                while True:
-                    try:
-                        line = await resp.content.readline()
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        raise _classify(exc, "watch VideoTranscodes") from exc
-                    if not line:
-                        return
-                    line = line.strip()
-                    if not line:
-                        continue
-                    event = json.loads(line)
-                    if "type" not in event or "object" not in event:
-                        raise KubeError(f"watch VideoTranscodes: not a watch event: {line[:200]!r}")
-                    yield event["type"], event["object"] or {}
-        finally:
-            resp.release()
 
 
 def _rv(obj: dict | None) -> str | None:

@@ -15,11 +15,12 @@ import sys
 
 import redis.asyncio as aioredis
 
+from lectern_operator.kube import Kube
 from lectern_operator.logs import setup_logging
 from lectern_operator.settings import Settings
 
 from . import resources as res
-from .kube import TranscodeApi, TranscodeCache, api_client
+from .kube import TranscodeApi, TranscodeCache
 from .metrics import HealthState, IntakeMetrics, serve
 from .worker import Intake, IntakeWorker
 
@@ -58,7 +59,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, install_sig
             loop.add_signal_handler(sig, stop.set)
 
     namespace = settings.intake_namespace or settings.namespaces[0]
-    api = TranscodeApi(await api_client(settings.kube_api_url), namespace)
+    api = TranscodeApi(Kube(user_agent="lectern-intake", pool_size=20), namespace)
     cache = TranscodeCache(api, f"{res.LABEL_MANAGED_BY}={res.MANAGED_BY}",
                            watch_timeout=int(getattr(settings, "watch_timeout_seconds", 300)))
     cache.start()

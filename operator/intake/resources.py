@@ -18,7 +18,7 @@ import hashlib
 import re
 from typing import Any
 
-from lectern_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, VideoTranscodeSpec
+from lectern_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, VideoTranscodeSpec, label_value
 
 from .payload import JobPayload
 
@@ -34,7 +34,6 @@ ANN_LECTURE_ID = f"{GROUP}/lecture-id"
 ANN_SUPERSEDED_BY = f"{GROUP}/superseded-by"  # set on a CR just before a newer upload deletes it
 
 MAX_NAME = 52
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def _digest(*parts: str, size: int = 10) -> str:
@@ -44,14 +43,6 @@ def _digest(*parts: str, size: int = 10) -> str:
 def _slug(text: str, size: int) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:size].strip("-")
     return slug or "x"
-
-
-def label_value(value: str) -> str:
-    """`value` itself when it is a valid label value, else a stable digest (`h-<sha256 prefix>`)
-    so that selectors on the label still work for any id."""
-    if len(value) <= 63 and _LABEL_VALUE.match(value):
-        return value
-    return "h-" + _digest(value, size=40)
 
 
 def queue_key(prefix: str, queue_name: str) -> str:

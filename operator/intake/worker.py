@@ -254,7 +254,7 @@ class Intake:
                          job.id, name)
                 existing = await self._retrying("read VideoTranscode", lambda: self.api.get(name))
                 if existing is None:
-                    raise KubeError(f"VideoTranscode {name} conflicted on create but is gone", transient=True)
+                    raise KubeError(0, f"VideoTranscode {name} conflicted on create but is gone")  # status 0: transient
         if not res.belongs_to(existing, payload, job.id, self.queue):
             raise UnrecoverableError(
                 f"VideoTranscode {name} already exists for another job or upload; refusing to adopt it")
