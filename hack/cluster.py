@@ -111,7 +111,7 @@ class ClusterError(RuntimeError):
 class LocalCluster:
     def __init__(self, workdir: str | os.PathLike | None = None, *, node: bool = True, node_name: str = NODE_NAME,
                  fast_failure: bool = True, max_grace: float = 10.0, quiet: bool = True,
-                 apiserver_args: list[str] | None = None) -> None:
+                 apiserver_args: list[str] | None = None, images: dict[str, dict] | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lectern-cluster-"))
         self.node_enabled = node
@@ -120,6 +120,7 @@ class LocalCluster:
         self.max_grace = max_grace
         self.quiet = quiet
         self.extra_apiserver_args = list(apiserver_args or [])
+        self.extra_images = dict(images or {})  # image repository -> entrypoint/cmd/env, besides ours
         self.procs: dict[str, Proc] = {}
         self.bin: dict[str, Path] = {}
         self.ports: dict[str, int] = {}
@@ -163,9 +164,9 @@ class LocalCluster:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        kubectl = shutil.which("kubectl")
-        if not kubectl:
-            raise ClusterError("kubectl is not on the PATH")
+        from hack.tools import kubectl_path
+
+        kubectl = str(kubectl_path())
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
         full_env.update(KUBECONFIG=str(self.kubeconfig), KUBECACHEDIR=str(self.workdir / "kube-cache"), **(env or {}))
         proc = subprocess.run([kubectl, *args], env=full_env, input=input, text=True, capture_output=True,
@@ -230,7 +231,7 @@ class LocalCluster:
         from hack.nodeagent.images import images_from_dockerfiles
 
         images = self.workdir / "images.json"
-        images.write_text(json.dumps(images_from_dockerfiles(ROOT, Path(sys.prefix) / "bin")))
+        images.write_text(json.dumps({**images_from_dockerfiles(ROOT, Path(sys.prefix) / "bin"), **self.extra_images}))
         ready = self.workdir / "node-ready.json"
         ready.unlink(missing_ok=True)
         self.node_workdir.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ video goes from the platform API's queue to a READY Lecture with a small 720p st
     make demo [VIDEO=path/to/lecture.mp4]
 
 Every component runs as its own process (tests/e2e/stack.py, `LocalStack`): redis-server,
-MongoDB (nx-27017), the Cloudinary emulator (https delivery on a throw-away CA), a local
+MongoDB (FerretDB on SQLite), the Cloudinary emulator (https delivery on a throw-away CA), a local
 cluster (Kubernetes API-server emulator + kubelet/Job controller), `lectern-operator`,
 `lectern-intake`, and the real Node bullmq producer and QueueEvents listener the platform API
 uses. The Job's pod runs the real `lectern-transcode`. The demo does what the API does (upload
@@ -86,7 +86,7 @@ def check_video(path: Path) -> Path:
 def check_prerequisites() -> None:
     venv_bin = Path(sys.executable).parent
     missing = [tool for tool in ("ffmpeg", "ffprobe", "redis-server", "openssl", "node") if not shutil.which(tool)]
-    missing += [s for s in ("lectern-transcode", "lectern-intake", "lectern-operator", "nx-27017")
+    missing += [s for s in ("lectern-transcode", "lectern-intake", "lectern-operator")
                 if not (venv_bin / s).exists()]
     if not (ROOT / "tests" / "node" / "node_modules" / "bullmq").is_dir():
         missing.append("tests/node/node_modules")
@@ -98,10 +98,10 @@ class Kubectl:
     """The real kubectl (from the test extras) against the local cluster."""
 
     def __init__(self, kubeconfig: str, home: Path) -> None:
-        from tests.standins.binaries import ensure_binaries
+        from hack.tools import ensure_tools
         from tests.standins.kube_fixtures import tool_env
 
-        self.bin = str(ensure_binaries()["kubectl"])
+        self.bin = str(ensure_tools()["kubectl"])
         home.mkdir(parents=True, exist_ok=True)
         self.env = tool_env(Path(kubeconfig), home)
 

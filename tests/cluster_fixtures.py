@@ -1,0 +1,149 @@
+"""Fixtures on the real local cluster (hack/cluster.py): one cluster per test session, a fresh
+namespace per test.
+
+    def test_x(kube):                 # KubeClient (tests/kube_client.py) in the test's namespace
+        kube.create(make_cr(...)); kube.wait_for("vt", "x", predicate=...)
+    def test_y(cluster, kubectl):     # the LocalCluster; kubectl("get", "vt") with the admin kubeconfig
+
+The session starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node
+agent (about 10-20 s once the binaries are built; the first session on a machine builds them),
+installs the CRDs from crds/ and waits until they are Established. Every test namespace is
+labelled Pod Security `restricted`, as the chart's transcode namespace is, so a pod the
+admission refuses fails the test.
+
+The node also knows a test image, `lectern.test/fake-transcoder` (tests/fake_transcoder.py):
+the transcoder's command-line contract with a scripted behaviour per lectureId (see
+`FakeTranscoder.plan`), for operator tests that are about Kubernetes, not about ffmpeg.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hack.cluster import LocalCluster
+from tests.kube_client import KubeClient
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_IMAGE = "lectern.test/fake-transcoder"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+class FakeTranscoder:
+    """Plans for the fake transcoder image, one JSON file per lectureId in a folder the pods
+    can read: {"progress": [..], "interval": s, "hang": s, "exit": code, "reason": "...",
+    "videoUrl": "..."}; a lecture without a plan succeeds at once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+
+    def plan(self, lecture_id: str, **plan: Any) -> None:
+        path = self.folder / f"{lecture_id}.json"
+        path.write_text(json.dumps(plan))
+        path.chmod(0o644)
+
+    @property
+    def image(self) -> dict[str, Any]:
+        bin_dir = self.folder.parent / "fake-bin"
+        bin_dir.mkdir(exist_ok=True)
+        script = bin_dir / "lectern-transcode"
+        script.write_text(f"#!{sys.executable}\n" + (ROOT / "tests" / "fake_transcoder.py").read_text())
+        script.chmod(0o755)
+        bin_dir.chmod(0o755)
+        return {"entrypoint": ["lectern-transcode"], "cmd": [], "user": "65532",
+                "env": {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "LECTERN_FAKE_PLANS": str(self.folder)}}
+
+
+@pytest.fixture(scope="session")
+def fake_transcoder(tmp_path_factory: pytest.TempPathFactory) -> FakeTranscoder:
+    base = tmp_path_factory.mktemp("fake-transcoder")
+    base.chmod(0o755)
+    base.parent.chmod(0o755)
+    return FakeTranscoder(base / "plans")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, fake_transcoder: FakeTranscoder) -> Iterator[LocalCluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(workdir, images={FAKE_IMAGE: fake_transcoder.image}) as c:
+        admin = KubeClient(c.server, c.ssl_context())
+        for crd in sorted((ROOT / "crds").glob("*.yaml")):
+            for created in admin.apply_yaml(crd):
+                admin.wait_for("crd", created["metadata"]["name"], predicate=_established, timeout=30)
+        yield c
+
+
+def _established(crd: dict | None) -> bool:
+    return any(c["type"] == "Established" and c["status"] == "True"
+               for c in ((crd or {}).get("status") or {}).get("conditions") or [])
+
+
+def namespace_for(request: pytest.FixtureRequest) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"t-{stem}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture()
+def kube(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[KubeClient]:
+    """An admin client bound to a fresh Pod Security `restricted` namespace, deleted afterwards
+    (with everything in it, by the real namespace controller)."""
+    ns = namespace_for(request)
+    client = KubeClient(cluster.server, cluster.ssl_context(), ns)
+    client.ensure_namespace(ns, RESTRICTED)
+    client.wait_for("serviceaccounts", "default", predicate=lambda o: o is not None, timeout=30)
+    yield client
+    try:
+        client.delete("namespaces", ns)
+    except Exception:  # noqa: BLE001 - teardown of a namespace the test may have deleted itself
+        pass
+
+
+@pytest.fixture()
+def kubectl(cluster: LocalCluster, kube: KubeClient, tmp_path: Path):
+    """kubectl("get", "vt", "-o", "wide", check=True) -> CompletedProcess (text), with the admin
+    kubeconfig and the test's namespace as the default."""
+    home = tmp_path / "kubectl-home"
+    home.mkdir(exist_ok=True)
+
+    def run(*args: str, check: bool = True, input: str | None = None, timeout: float = 60,
+            as_user: str | None = None) -> subprocess.CompletedProcess:
+        extra = ["--namespace", kube.namespace] + (["--as", as_user] if as_user else [])
+        return cluster.kubectl(*extra, *args, check=check, input=input, timeout=timeout,
+                               env={"HOME": str(home)})
+    return run
+
+
+@pytest.fixture(scope="session")
+def admin_kubeconfig(cluster: LocalCluster) -> Path:
+    return cluster.kubeconfig
+
+
+@pytest.fixture()
+def kubeconfig_env(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KUBECONFIG of this process set to the admin kubeconfig (for an in-process operator or
+    intake: they log in the normal way, through lectern_operator.kube)."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    return cluster.kubeconfig
+
+
+def kubectl_env(cluster: LocalCluster, home: Path) -> dict[str, str]:
+    """Environment for a kubectl/helm subprocess: this cluster, isolated caches."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "HELM_"))}
+    env.update(KUBECONFIG=str(cluster.kubeconfig), HOME=str(home), KUBECACHEDIR=str(home / "kube-cache"),
+               HELM_CACHE_HOME=str(home / "helm-cache"), HELM_CONFIG_HOME=str(home / "helm-config"),
+               HELM_DATA_HOME=str(home / "helm-data"))
+    return env
