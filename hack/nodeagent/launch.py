@@ -100,6 +100,24 @@ def join_mounts_of(pid: int) -> None:
         os.close(fd)
 
 
+def exec_in_path(argv: list, env: dict) -> None:
+    """execvpe by hand: after the uid drop this interpreter may not read its own stdlib, and
+    os.execvpe imports lazily. argv[0] is looked up in the container's PATH, as runc does."""
+    name = argv[0]
+    if "/" in name:
+        os.execve(name, argv, env)
+    error: OSError = FileNotFoundError(2, f'exec: "{name}": executable file not found in $PATH')
+    for folder in (env.get("PATH") or "").split(":"):
+        candidate = os.path.join(folder or ".", name)
+        try:
+            os.execve(candidate, argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as e:
+            error = e
+    raise error
+
+
 def main() -> None:
     spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
     os.set_inheritable(status_fd, False)          # closed by a successful exec: EOF means started
@@ -125,15 +143,8 @@ def main() -> None:
             _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
         os.chdir(cwd)
         os.umask(0o022)
-        argv, env = spec["argv"], spec["env"]
-        saved_path = os.environ.get("PATH")
-        os.environ["PATH"] = env.get("PATH", "")   # execvpe looks argv[0] up in the container's PATH
-        try:
-            os.execvpe(argv[0], argv, env)
-        finally:
-            if saved_path is not None:
-                os.environ["PATH"] = saved_path
-    except OSError as e:
+        exec_in_path(spec["argv"], spec["env"])
+    except Exception as e:
         os.write(status_fd, f"{type(e).__name__}: {e}".encode()[:2000])
         os._exit(128)
 
