@@ -61,6 +61,7 @@ class PodWorker:
         self._dirty = asyncio.Event()
         self._written = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._specs: dict[str, dict] = {}      # container -> its current launch spec (exec probes reuse it)
         self._oom_baseline = 0
         self._lost = lost
         self.main: asyncio.Task | None = None
@@ -227,6 +228,9 @@ class PodWorker:
                 if w.reason in ("ErrImagePull", "ImagePullBackOff") or delay <= 1:
                     log.info("pod %s waiting: %s", self.key, w.reason)
                 self._set_waiting(w.reason, w.message)
+            except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                log.info("pod %s waiting: ContainerCreating (%s)", self.key, e)
+                self._set_waiting("ContainerCreating", f"failed to set up the pod: {e}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
             delay = min(delay * 2, 10.0)
@@ -300,9 +304,11 @@ class PodWorker:
         while not self.stopping.is_set():
             try:
                 spec, log_path, term = await self._container_spec(index, rec)
-            except cc.ConfigError as e:
-                log.info("pod %s container %s: CreateContainerConfigError: %s", self.key, rec.name, e)
-                rec.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                self._specs[rec.name] = spec
+            except (cc.ConfigError, ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                message = str(e) if isinstance(e, cc.ConfigError) else f"failed to prepare the container: {e}"
+                log.info("pod %s container %s: CreateContainerConfigError: %s", self.key, rec.name, message)
+                rec.state = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
                 self._mark_dirty()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 2.0)
@@ -453,9 +459,8 @@ class PodWorker:
                 w.close()
                 return True
             if "exec" in probe:
-                spec, _, _ = await self._container_spec(self.pod["spec"]["containers"].index(container),
-                                                         next(r for r in self.records if r.name == container["name"]))
-                spec.update(argv=probe["exec"]["command"], join_pid=proc.pid, mounts=[], readOnlyRoot=False)
+                spec = {**self._specs[container["name"]], "argv": probe["exec"]["command"], "join_pid": proc.pid,
+                        "mounts": [], "readOnlyRoot": False}
                 p = await runtime.spawn(spec, None)
                 try:
                     return await asyncio.wait_for(p.wait(), timeout) == 0
