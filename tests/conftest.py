@@ -7,7 +7,21 @@ import os
 
 import pytest
 
-from tests.standins.services import MongoServer, RedisServer
+from tests.standins.services import ExternalMongo, MongoServer, RedisServer, ferretdb_binary
+
+
+def pytest_collection_finish(session):
+    """Build FerretDB (hack/build.py, once per machine; cached after) before the first test, so
+    a cold build does not count against a test's timeout. A failed build is reported here and
+    again by each test that starts a MongoServer."""
+    if not session.items or session.config.option.collectonly:
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled():  # hack/build says what it builds and for how long
+            ferretdb_binary()
+    except Exception as exc:  # BuildError, no Go: the tests that need it fail with it
+        session.config.get_terminal_writer().line(f"FerretDB could not be built: {exc}", red=True)
 
 
 @pytest.fixture(scope="session")
@@ -17,16 +31,14 @@ def redis_server():
 
 
 @pytest.fixture(scope="session")
-def mongo_server():
+def mongo_server(tmp_path_factory):
+    """The session's MongoDB: a local FerretDB, or the real MongoDB given by `MONGO_URL`. Tests
+    that stop a MongoDB start their own `MongoServer` (always local) instead of this one."""
     if os.environ.get("MONGO_URL"):
-        # A real MongoDB given by the environment replaces the stand-in.
-        class _External:
-            url = os.environ["MONGO_URL"]
-        yield _External()
+        yield ExternalMongo(os.environ["MONGO_URL"])
         return
-    with MongoServer() as server:
+    with MongoServer(tmp_path_factory.mktemp("mongo")) as server:
         yield server
 
-# Fixtures of the stand-ins for a Kubernetes API server (+ a local kubelet/job controller) and
-# for Cloudinary live beside them.
-pytest_plugins = ["tests.standins.kube_fixtures", "tests.standins.cloudinary_fixtures"]
+# The real local cluster (hack/cluster.py) and the Cloudinary stand-in.
+pytest_plugins = ["tests.cluster_fixtures", "tests.standins.cloudinary_fixtures"]

@@ -1,32 +1,43 @@
-"""A stand-in for `lectern-transcode` run by the local kubelet: same arguments and contract
-(PATCH status.report on the CR, a JSON termination message, the exit codes), scripted by a
-JSON plan: {"progress": [..], "interval": s, "hang": s, "exit": code, "reason": "..."}."""
+"""The fake transcoder image's `lectern-transcode` (tests/cluster_fixtures.py): the real one's
+command line and contract -- PATCH `status.report` of its CR with the pod's ServiceAccount
+token (in-cluster login), a JSON termination message in /dev/termination-log, exit codes 0 / 65
+/ 75 -- with a scripted behaviour read from `$LECTERN_FAKE_PLANS/<lectureId>.json`:
+{"progress": [..], "interval": s, "hang": s, "exit": code, "reason": "...", "videoUrl": "..."}.
+No plan: success at once. For operator tests about Kubernetes, not about ffmpeg."""
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.request
 
+SA = "/var/run/secrets/kubernetes.io/serviceaccount"
+
 
 def main() -> int:
-    plan = json.loads(sys.argv[1])
-    args = sys.argv[2:]
+    args = sys.argv[1:]
     output = args[1]
+    lecture = args[args.index("--lecture-id") + 1]
     report_cr = args[args.index("--report-cr") + 1]
-    api = os.environ.get("LECTERN_KUBE_API_URL", "")
+    plan_file = os.path.join(os.environ.get("LECTERN_FAKE_PLANS", "/nonexistent"), f"{lecture}.json")
+    plan = json.load(open(plan_file)) if os.path.exists(plan_file) else {}
     assert os.environ.get("CLOUDINARY_URL"), "CLOUDINARY_URL from the Secret"
     assert os.path.isdir(os.environ["TMPDIR"]), "TMPDIR is the scratch emptyDir"
+    server = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+    ctx = ssl.create_default_context(cafile=f"{SA}/ca.crt")
     started = time.monotonic()
 
     def report(**fields):
         fields.setdefault("pod", os.environ.get("POD_NAME"))
-        fields.setdefault("cpuSeconds", round(time.process_time() + 1.0, 3))
-        body = json.dumps({"status": {"report": fields}}).encode()
-        req = urllib.request.Request(api + report_cr + "/status", data=body, method="PATCH",
-                                     headers={"Content-Type": "application/merge-patch+json"})
+        fields.setdefault("cpuSeconds", round(time.process_time(), 3))
+        token = open(f"{SA}/token").read().strip()
+        req = urllib.request.Request(server + report_cr + "/status", method="PATCH",
+                                     data=json.dumps({"status": {"report": fields}}).encode(),
+                                     headers={"Content-Type": "application/merge-patch+json",
+                                              "Authorization": f"Bearer {token}"})
         try:
-            urllib.request.urlopen(req, timeout=5).read()
+            urllib.request.urlopen(req, timeout=5, context=ctx).read()
         except Exception as exc:  # best-effort, as the real one
             print("report failed:", exc, flush=True)
 
@@ -39,12 +50,12 @@ def main() -> int:
     code = plan.get("exit", 0)
     video = None
     if code == 0:
-        video = f"https://res.cloudinary.com/demo/video/upload/{output.split(':', 1)[1]}.mp4"
+        video = plan.get("videoUrl") or f"https://res.cloudinary.com/demo/video/upload/{output.split(':', 1)[1]}.mp4"
         report(stage="done", progress=100, videoUrl=video, bytesUploaded=1_000_000, speed=4.0,
                bytesDownloaded=4_000_000, inputDurationSeconds=120.0)
     elif code == 65:
         report(stage="failed")
-    with open(os.environ["LECTERN_TERMINATION_LOG"], "w") as f:
+    with open("/dev/termination-log", "w") as f:
         f.write(json.dumps({"exitCode": code, "reason": plan.get("reason", "ok" if code == 0 else "error"),
                             "videoUrl": video}))
     print(f"done in {time.monotonic() - started:.2f}s exit {code}", flush=True)
