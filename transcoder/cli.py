@@ -50,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int,
                    help="largest download in bytes (default $LECTERN_MAX_DOWNLOAD_BYTES or 4 GiB)")
     p.add_argument("--threads", type=int, help="ffmpeg threads (default: the cgroup CPU quota)")
+    p.add_argument("--hls", metavar="DEST",
+                   help="also write an HLS ladder (1080p/720p/480p as the source allows, master.m3u8, a poster.jpg): "
+                        "a local directory, or cloudinary:<folder> to upload the set there")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="progress display: a bar on a terminal, JSON lines otherwise (default auto)")
     return p
 
 
-def write_termination_log(code: int, reason: str, video_url: str | None = None) -> None:
+def write_termination_log(code: int, reason: str, video_url: str | None = None, **urls: str | None) -> None:
     """One JSON line for the operator (`state.terminated.message`); best-effort."""
     path = os.environ.get(TERMINATION_LOG_ENV)
     target = Path(path) if path else (DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None)
@@ -64,6 +67,7 @@ def write_termination_log(code: int, reason: str, video_url: str | None = None) 
     record: dict = {"exitCode": code, "reason": reason[:1000]}
     if video_url:
         record["videoUrl"] = video_url
+    record.update({k: v for k, v in urls.items() if v})  # hlsUrl, posterUrl
     try:
         with open(target, "w") as f:
             f.write(json.dumps(record) + "\n")
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         hooks.append(json_out)
     reporter = None
     code, reason, video_url = EXIT_BUG, "unexpected error", None
+    hls_url = poster_url = None
     try:
         if args.report_cr:
             from lectern_transcoder.report import CrReporter
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 bytes_uploaded=s.bytes_uploaded, input_duration_seconds=s.input_duration_seconds))
         options = pipeline.Options(input=args.input, output=args.output, lecture_id=args.lecture_id,
                                    max_height=args.max_height, allowed_hosts=args.allowed_hosts,
-                                   max_bytes=args.max_bytes, threads=args.threads)
+                                   max_bytes=args.max_bytes, threads=args.threads, hls=args.hls)
         tracker = ProgressTracker(pipeline.stages_for(options), hooks)
 
         def on_plan(info, plan) -> None:
@@ -172,8 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             elif bar:
                 bar.console.print(f"{stage}: retrying after {reason}", highlight=False)
 
-        result = pipeline.run(options, tracker, on_plan=on_plan, on_retry=on_retry)
-        video_url = result.video_url
+        def on_ladder(lp) -> None:
+            rungs = [f"{r.name} {r.width}x{r.height}" + (" (= the MP4)" if r.shared else "") for r in lp.rungs]
+            if json_out:
+                json_out.emit("ladder", rungs=[{"name": r.name, "width": r.width, "height": r.height,
+                                                "sharedWithMp4": r.shared} for r in lp.rungs],
+                              segmentSeconds=lp.segment_seconds, audio=lp.audio is not None)
+            elif bar:
+                bar.console.print(f"HLS ladder: {', '.join(rungs)}; {lp.segment_seconds} s segments", highlight=False)
+
+        result = pipeline.run(options, tracker, on_plan=on_plan, on_retry=on_retry, on_ladder=on_ladder)
+        video_url, hls_url, poster_url = result.video_url, result.hls_url, result.poster_url
         if reporter:
             reporter.update(video_url=video_url)
         tracker.finish("done")
@@ -184,10 +198,20 @@ def main(argv: list[str] | None = None) -> int:
             bar.console.print(f"{result.mode} done: {video_url} {result.width}x{result.height}, "
                               f"{result.output_bytes / 1e6:.2f} MB ({ratio:.1%} of the input) in {result.seconds:.1f} s",
                               highlight=False)
+            if result.ladder:
+                for r in result.ladder.video:
+                    peak, avg = result.ladder.variant_bandwidth(r)
+                    bar.console.print(f"  HLS {r.name:>6} {r.width}x{r.height} {r.codecs}: {avg / 1000:.0f} kbit/s "
+                                      f"average, {peak / 1000:.0f} peak (with audio), {r.segments} segments, "
+                                      f"{r.bytes / 1e6:.2f} MB", highlight=False)
+                bar.console.print(f"  HLS {hls_url}\n  poster {poster_url}", highlight=False)
         if json_out:
             json_out.emit("done", videoUrl=video_url, mode=result.mode, width=result.width, height=result.height,
                           inputBytes=result.input_bytes, outputBytes=result.output_bytes,
-                          seconds=round(result.seconds, 2), stageSeconds=result.stage_seconds)
+                          seconds=round(result.seconds, 2), stageSeconds=result.stage_seconds,
+                          hlsUrl=hls_url, posterUrl=poster_url,
+                          hls=result.ladder.as_json() if result.ladder else None,
+                          hlsBytes=result.hls_bytes if result.ladder else None)
     except TranscodeError as exc:
         code, reason = exc.exit_code, exc.reason
     except Exception as exc:  # a bug: say so, with the traceback on stderr for the pod log
@@ -204,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             reporter.update(stage="failed")
     if reporter:
         reporter.close()
-    write_termination_log(code, reason, video_url)
+    write_termination_log(code, reason, video_url, hlsUrl=hls_url, posterUrl=poster_url)
     return code
 
 

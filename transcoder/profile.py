@@ -71,3 +71,42 @@ PARALLEL_AUDIO = True
 # AUDIO_CHANNELS. (Unknown bitrates, e.g. in Matroska, are re-encoded.)
 AUDIO_COPY_MAX_KBPS = 64
 AUDIO_COPY_MAX_CHANNELS = 2
+
+# -- HLS ladder (`hls.py`, `lectern-transcode ... --hls DEST`) -----------------------------------
+# Segments of HLS_SEGMENT_SECONDS: Apple's recommendation, a keyframe forced at every boundary
+# in every rung (so players switch rungs at any boundary) on top of the scene cuts.
+HLS_SEGMENT_SECONDS = 6
+# One file per rendition with byte-range segments (EXT-X-BYTERANGE) instead of one file per
+# segment: a 2-hour lecture is 4-5 uploads instead of ~5,000, and the CDN serves Range anyway.
+# (A Cloudinary plan's raw-file size limit then bounds the largest rung file.)
+HLS_SINGLE_FILE = True
+# A rung above the MP4's size exists when the source's short side is at least this (its own
+# size, up to 1080); the 480p rung when the MP4's short side is at least HLS_LOW_MIN_SHORT
+# (a 854x480 rung beside a 960x540 one would buy nothing).
+HLS_TOP_MAX_SHORT = 1080
+HLS_TOP_MIN_SHORT = 1080
+HLS_LOW_SHORT = 480
+HLS_LOW_MIN_SHORT = 600
+# Per rung class: x264 preset, x264 params, CRF, maxrate/bufsize (kbit/s). The "mp4" class is
+# the MP4's own settings above, so the 720p rung and the MP4 are one encode (the MP4 is a copy
+# of that rung's stream). The top rung has 2.25x the pixels of 720p: at superfast it alone
+# would cost ~1.7x the MP4's CPU; ultrafast with CABAC, B-frames and mb-tree put back costs
+# ~0.7x of that for ~10 % more bytes (bench/hls.py), which keeps ladder + MP4 within 2x. 8x8dct
+# keeps it H.264 High (x264 falls back to Main without it).
+HLS_RUNG_SETTINGS = {
+    "top": {"preset": "ultrafast", "params": "mbtree=1:rc-lookahead=10:cabac=1:bframes=3:b-adapt=0:8x8dct=1",
+            "crf": X264_CRF, "maxrate_kbps": 5000, "bufsize_kbps": 10000},
+    "mp4": {"preset": X264_PRESET, "params": X264_PARAMS, "crf": X264_CRF,
+            "maxrate_kbps": MAXRATE_KBPS, "bufsize_kbps": BUFSIZE_KBPS},
+    "low": {"preset": X264_PRESET, "params": X264_PARAMS, "crf": X264_CRF,
+            "maxrate_kbps": 1200, "bufsize_kbps": 2400},
+}
+# The poster: the first frame of the first 20 s that is not black (< 90 % of its pixels
+# darker than luma 32) and stable (the next sampled frame, 0.5 s later, differs by less than 3
+# luma levels on average): the first slide rather than a fade-in. JPEG quality 2-31 (mjpeg -q:v).
+POSTER_SCAN_SECONDS = 20
+POSTER_SCAN_FPS = 2
+POSTER_DARK_LUMA = 32
+POSTER_MAX_DARK_SHARE = 0.9
+POSTER_MAX_STEP = 3.0
+POSTER_JPEG_QUALITY = 3

@@ -94,8 +94,10 @@ def _classify(exc: Exception) -> TranscodeError:
 def upload(path: Path, public_id: str, *, on_bytes: Callable[[int], None] | None = None,
            attempts: int = ATTEMPTS, backoff_seconds: float = 1.0, timeout: float = REQUEST_TIMEOUT,
            chunk_bytes: int | None = None, sleep: Callable[[float], None] = time.sleep,
-           on_retry: Callable[[str], None] | None = None) -> dict:
-    """Upload `path` as video `public_id`; returns the SDK's result (with `secure_url`)."""
+           on_retry: Callable[[str], None] | None = None, resource_type: str = "video",
+           filename: str | None = None) -> dict:
+    """Upload `path` as `public_id` (a video unless `resource_type` says "raw" or "image": the
+    HLS set and the poster); returns the SDK's result (with `secure_url`)."""
     import cloudinary.uploader
 
     size = path.stat().st_size
@@ -105,8 +107,9 @@ def upload(path: Path, public_id: str, *, on_bytes: Callable[[int], None] | None
         try:
             with _CountingFile(path, on_bytes) as f:
                 result = cloudinary.uploader.upload_large(
-                    f, public_id=public_id, resource_type="video", overwrite=True, invalidate=True,
-                    unique_filename=False, use_filename=False, filename=public_id.rsplit("/", 1)[-1] + ".mp4",
+                    f, public_id=public_id, resource_type=resource_type, overwrite=True, invalidate=True,
+                    unique_filename=False, use_filename=False,
+                    filename=filename or public_id.rsplit("/", 1)[-1] + ".mp4",
                     chunk_size=chunk_bytes, timeout=timeout)
         except Exception as exc:  # the SDK raises its own Error classes and plain socket errors
             last = _classify(exc)

@@ -25,6 +25,9 @@ What is emulated, and why it matters for Lectern:
   (libx264/AAC, result cached by source content + transformation); `q_*`/`f_auto` are
   accepted and ignored; anything else is a 400 with an `X-Cld-Error` header like the CDN's.
   A signed URL segment is verified the way the SDK computes it.
+* Delivery answers carry the content type of the extension from a fixed table (raw HLS sets:
+  `.m3u8` application/vnd.apple.mpegurl, `.mp4` video/mp4, `.m4s` video/iso.segment; `.jpg`
+  image/jpeg), `Access-Control-Allow-Origin: *` and answer CORS preflights, as the CDN does.
 * Fault switches for the tests (see `Faults`): drop a delivery connection after N body bytes,
   answer 5xx to the next k requests of a route, add latency, throttle delivery, and counters
   of requests and bytes in both directions (the benchmark reads `bytes_served` as ingress).
@@ -78,6 +81,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 UNSIGNED_PARAMS = {"file", "cloud_name", "resource_type", "api_key", "signature"}
 TRANSFORMATION_RE = re.compile(r"^[a-z]{1,3}_[^,/]+(,[a-z]{1,3}_[^,/]+)*$")
 STALE_AFTER_S = 3600
+# Delivery content types by extension, fixed rather than from the host's /etc/mime.types (which
+# may lack or differ on these): what Cloudinary's CDN answers for raw HLS sets and images.
+CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "m4s": "video/iso.segment", "mp4": "video/mp4",
+                 "m4a": "audio/mp4", "ts": "video/mp2t", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+                 "png": "image/png", "json": "application/json", "vtt": "text/vtt"}
+# Cloudinary's CDN lets any origin fetch delivery URLs (players on the platform's own domain).
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
+                "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag"}
+
+
+def content_type(ext: str) -> str:
+    ext = ext.lower()
+    return CONTENT_TYPES.get(ext) or mimetypes.types_map.get("." + ext, "application/octet-stream")
 DEFAULT_CLOUD_NAME, DEFAULT_API_KEY, DEFAULT_API_SECRET = "democloud", "123456789012345", "emulator-secret"
 
 
@@ -1001,6 +1017,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def do_OPTIONS(self) -> None:
+        """CORS preflight for delivery URLs (a player's Range requests from another origin)."""
+        self._drain()
+        self._send(204, b"", "text/plain", {**CORS_HEADERS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                                            "Access-Control-Allow-Headers": "Range, If-Range",
+                                            "Access-Control-Max-Age": "600"})
+        self._log("other", 204)
+
     def do_PUT(self) -> None:
         if not self._control():
             self._drain()
@@ -1033,9 +1057,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._record("delivery", 416)
                 return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
             status = 206
-        ctype = mimetypes.types_map.get("." + ext, "application/octet-stream")
         self.send_response(status)
-        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Type", content_type(ext))
+        for k, v in CORS_HEADERS.items():
+            self.send_header(k, v)
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)

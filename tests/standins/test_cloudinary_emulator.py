@@ -394,3 +394,54 @@ def test_process_start_failure_shows_the_log(tmp_path):
         proc.start()
     assert "FileNotFoundError" in str(exc.value) or "No such file" in str(exc.value)
     assert proc.proc is None
+
+
+# -- raw HLS sets (issue 15): content types by extension, Range on raw assets, CORS ------------
+
+def test_raw_hls_set_content_types_range_and_cors(cloudinary_env, clip, tmp_path):
+    """Raw resources uploaded with the SDK keep their extension in the public id and are
+    served with the content type of that extension (not the host's mime.types), single-range
+    Range on them, and the CORS headers a player on another origin needs; a preflight for a
+    Range request is answered."""
+    files = {"master.m3u8": b"#EXTM3U\n#EXT-X-VERSION:7\n", "seg_00001.m4s": os.urandom(5000),
+             "720p.mp4": clip.read_bytes()}
+    expected = {"master.m3u8": "application/vnd.apple.mpegurl", "seg_00001.m4s": "video/iso.segment",
+                "720p.mp4": "video/mp4"}
+    urls = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        res = cloudinary.uploader.upload(str(tmp_path / name), resource_type="raw", public_id=f"hls/l1/{name}",
+                                         overwrite=True)
+        assert res["public_id"] == f"hls/l1/{name}" and res["resource_type"] == "raw"
+        urls[name] = res["secure_url"]
+        assert urls[name].endswith(f"/raw/upload/v{res['version']}/hls/l1/{name}")
+    for name, data in files.items():
+        status, headers, body = get(urls[name])
+        assert (status, headers["Content-Type"], body) == (200, expected[name], data)
+        assert headers["Access-Control-Allow-Origin"] == "*"
+        assert "Content-Range" in headers["Access-Control-Expose-Headers"]
+    status, headers, body = get(urls["720p.mp4"], {"Range": "bytes=826-1825", "Origin": "null"})
+    assert (status, body, headers["Content-Type"]) == (206, files["720p.mp4"][826:1826], "video/mp4")
+    assert headers["Content-Range"] == f"bytes 826-1825/{len(files['720p.mp4'])}"
+    # a sibling's relative URI resolves under any version segment (players resolve against the master's URL)
+    sibling = urls["master.m3u8"].rsplit("/", 1)[0] + "/seg_00001.m4s"
+    assert get(sibling)[2] == files["seg_00001.m4s"]
+    preflight = urllib.request.Request(urls["720p.mp4"], method="OPTIONS", headers={
+        "Origin": "https://platform.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "range"})
+    with urllib.request.urlopen(preflight, timeout=30) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Range" in r.headers["Access-Control-Allow-Headers"]
+        assert "GET" in r.headers["Access-Control-Allow-Methods"]
+
+
+def test_image_upload_of_a_jpeg_is_served_as_image_jpeg(cloudinary_env, clip, tmp_path):
+    poster = tmp_path / "poster.jpg"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(clip), "-frames:v", "1", "-y", str(poster)],
+                   check=True)
+    res = cloudinary.uploader.upload(str(poster), resource_type="image", public_id="hls/l1/poster")
+    assert res["secure_url"].endswith("/image/upload/v%d/hls/l1/poster.jpg" % res["version"])
+    assert (res["width"], res["height"]) == (640, 360)
+    status, headers, body = get(res["secure_url"])
+    assert (status, headers["Content-Type"], body) == (200, "image/jpeg", poster.read_bytes())
