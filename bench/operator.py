@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.operator [--count 2000] [--cap 100]
 
 The operator runs as its own process (`lectern-operator`, so its RSS is its own) against the
-emulator, real Redis and nx-27017. The driver plays kubelet + transcoder: for every Job that
+emulator, real Redis and FerretDB. The driver plays kubelet + transcoder: for every Job that
 appears it patches a progress report into the CR (timing report -> notification on the
 `notifications` channel), then the final report and the Job's Complete condition. Measured:
 time until every Job existed and every CR Succeeded, the most Jobs running at once (must never
@@ -197,7 +197,7 @@ def write_results(r: dict) -> None:
 
 `python -m bench.operator --count {r['count']} --cap {r['cap']} --write` ({time.strftime('%Y-%m-%d')}, {cpu} CPUs shared,
 operator as its own process with default settings, against the API-server emulator
-(tests/standins/kube.py), real Redis and nx-27017). The driver finishes every Job as it appears
+(tests/standins/kube.py), real Redis and FerretDB). The driver finishes every Job as it appears
 (progress report 50 % -> waits for the progress notification -> final report + Job Complete).
 
 | figure | value | target |

@@ -12,7 +12,7 @@ also what a failing test gets, so nothing outlives the run):
 | process | what |
 | --- | --- |
 | `redis-server` | real, with AOF, so a restart keeps the queue (the platform's Redis) |
-| `nx-27017` | MongoDB wire protocol, reached with pymongo (or `$MONGO_URL`) |
+| FerretDB | MongoDB (SQLite backend), reached with pymongo (or `$MONGO_URL`) |
 | Cloudinary emulator | tests/standins/cloudinary.py: upload API on http (the SDK's `upload_prefix`), delivery over https with a throw-away CA; a control API for faults |
 | local cluster | tests/standins/cluster.py: API-server emulator (CRD from crds/, namespace, Secret) + kubelet/Job controller that runs each pod's own command, `lectern-transcode` |
 | `lectern-operator` | the operator's console script (kopf.run), settings from `LECTERN_*` as the chart sets them |
@@ -132,7 +132,7 @@ class Notifications:
 
 
 class LectureWatch:
-    """Polls one Lecture document and records every status it passes through (nx-27017 has
+    """Polls one Lecture document and records every status it passes through (FerretDB has
     no change streams; a transcode stays PROCESSING for seconds, so 20 ms polling sees it)."""
 
     def __init__(self, collection, key: Any, interval: float = 0.02) -> None:
@@ -333,7 +333,7 @@ class LocalStack:
             self.mongo_server = MongoServer(self._dir("mongo")).start()
             self._on_close(self.mongo_server.stop)
             self.mongo_url = self.mongo_server.url
-        self.say(f"redis-server {self.redis_url}, MongoDB (nx-27017) {self.mongo_url}")
+        self.say(f"redis-server {self.redis_url}, MongoDB {self.mongo_url}")
 
         self.certs = make_test_certs(self._dir("tls"))
         self.cloudinary = CloudinaryProcess(self._dir("cloudinary"), tls=(self.certs.cert, self.certs.key)).start()

@@ -1,5 +1,5 @@
 """Harness for operator tests: the operator runs in the test's event loop (kopf.operator),
-against the API-server emulator, real Redis and nx-27017; tight settings keep tests fast."""
+against the API-server emulator, real Redis and FerretDB; tight settings keep tests fast."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lecture guard (pymongo -> nx-27017) and notifications (real Redis)."""
+"""Lecture guard (pymongo -> FerretDB) and notifications (real Redis)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Real servers the tests start on free loopback ports: `redis-server` and `nx-27017`.
+"""Real servers the tests start on free loopback ports: `redis-server` and FerretDB (the MongoDB).
 
 Each is a subprocess owned by the test session (or by one test, for restart scenarios), so a
-test can stop and start it again on the same port to exercise reconnects."""
+test can stop and start it again on the same port to exercise reconnects. FerretDB v1.24.2 on
+its SQLite backend is built from the Go module pinned in hack/ferretdb (hack/build.py, cached
+once per machine)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,8 @@ def wait_ready_file(proc: subprocess.Popen, path: Path, timeout: float, what: st
 class _Server:
     """A restartable server process on a fixed port."""
 
+    start_timeout = 15.0
+
     def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"lectern-{type(self).__name__.lower()}-"))
@@ -99,11 +104,31 @@ class _Server:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
+    def ready(self) -> bool:
+        """Whether the (running) server serves requests; by default: its port accepts connections."""
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return (self.workdir / "server.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
     def start(self) -> "_Server":
-        log = open(self.workdir / "server.log", "ab")
-        self.proc = subprocess.Popen(self.argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for_port(self.port)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
+        with open(self.workdir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        what = f"{type(self).__name__} on 127.0.0.1:{self.port}"
+        deadline = time.monotonic() + self.start_timeout
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{what} was not ready after {self.start_timeout:g}s:\n{self.log_tail()}")
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:
@@ -139,14 +164,71 @@ class RedisServer(_Server):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+@cache
+def ferretdb_binary() -> Path:
+    """The FerretDB binary, built from hack/ferretdb on first use (then cached under
+    `$LECTERN_CACHE`); tests/conftest.py asks for it once before the first test runs.
+    `LECTERN_FERRETDB=/path/to/ferretdb` uses that binary instead."""
+    if os.environ.get("LECTERN_FERRETDB"):
+        return Path(os.environ["LECTERN_FERRETDB"])
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.append(root)  # appended: the repo root's `operator/` must not shadow the stdlib
+    from hack.build import ensure_binaries
+    return ensure_binaries(("ferretdb",))["ferretdb"]
+
+
 class MongoServer(_Server):
-    """nx-27017, a MongoDB wire-protocol server on SQLite, reached with the real pymongo."""
+    """The MongoDB the tests and the demo talk to with pymongo: FerretDB v1.24.2 on its SQLite
+    backend, its database files in `<workdir>/data/` (one `<db>.sqlite` per database), so a
+    restart on the same port keeps the data. Ready once it answers `ping`.
+
+    `url` is always this local server, also when `MONGO_URL` is set: a test that stops and
+    starts a server talks to the one it stops (the session's `mongo_server` fixture is what
+    `MONGO_URL` replaces, see `ExternalMongo`)."""
+
+    start_timeout = 30.0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
 
     def argv(self) -> list[str]:
-        exe = Path(sys.executable).with_name("nx-27017")
-        return [str(exe), "--host", "127.0.0.1", "-p", str(self.port), "--db", str(self.workdir / "mongo.db"),
-                "--log-file", str(self.workdir / "nx.log"), "--pid-file", str(self.workdir / "nx.pid")]
+        self.data_dir.mkdir(parents=True, exist_ok=True)  # FerretDB does not create it
+        return [str(ferretdb_binary()), "--handler=sqlite", f"--sqlite-url=file:{self.data_dir}/",
+                f"--listen-addr=127.0.0.1:{self.port}", "--telemetry=disable", "--debug-addr=-",
+                "--state-dir=-"]
+
+    def ready(self) -> bool:
+        import pymongo
+        import pymongo.errors
+
+        if not super().ready():  # not listening yet: no need for a client
+            return False
+        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+        try:
+            return client.admin.command("ping").get("ok") == 1
+        except pymongo.errors.PyMongoError:
+            return False
+        finally:
+            client.close()
 
     @property
     def url(self) -> str:
-        return os.environ.get("MONGO_URL") or f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+
+class ExternalMongo:
+    """A MongoDB given by `MONGO_URL`, used in place of the session's local server. It is not
+    ours: nothing stops or restarts it (tests of Mongo outages start their own `MongoServer`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def start(self) -> "ExternalMongo":
+        return self
+
+    def stop(self) -> None:
+        raise RuntimeError("MONGO_URL is an external MongoDB: a test must not stop it (start a MongoServer)")
+
+    restart = stop
