@@ -132,7 +132,29 @@ def test_memory_limit_oom_kills_and_cpu_limit_throttles(kube: KubeClient):
     assert 0.3 < share < 0.62, share
 
 
-def test_emptydir_over_its_size_limit_is_evicted_as_a_disruption(kube: KubeClient):
+def test_restarts_with_back_off_and_probes_gate_readiness(kube: KubeClient):
+    kube.create(pod("crashy", "import sys\nsys.exit(2)", restart="Always"))
+    server = ("import http.server\n"
+              "http.server.HTTPServer(('127.0.0.1', 18931), http.server.SimpleHTTPRequestHandler).serve_forever()")
+    kube.create(pod("served", server, restart="Always", ports=[{"name": "http", "containerPort": 18931}],
+                    readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                    livenessProbe={"exec": {"command": [PY, "-c", "import os; os.stat('/dev/termination-log')"]},
+                                   "periodSeconds": 1}))
+    crashy = kube.wait_for("pods", "crashy", predicate=lambda p: waiting_reason(p) == "CrashLoopBackOff", timeout=20)
+    status = main_status(crashy)
+    assert status["restartCount"] >= 1 and status["lastState"]["terminated"]["exitCode"] == 2
+    assert crashy["status"]["phase"] == "Running"
+    served = kube.wait_for("pods", "served", predicate=lambda p: p and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []), timeout=20)
+    time.sleep(2.5)                                 # a few liveness periods: the exec probe keeps passing
+    served = kube.get("pods", "served")
+    assert main_status(served)["restartCount"] == 0 and main_status(served)["ready"] is True
+    kube.delete("pods", "served")
+    kube.delete("pods", "crashy")
+    kube.wait_for("pods", "served", predicate=lambda p: p is None, timeout=20)
+
+
+def test_emptydir_over_its_size_limit_is_evicted_as_a_disruption(cluster, kube: KubeClient):
     code = "import time\nopen('/scratch/big', 'wb').write(b'x' * 3 * 2**20)\ntime.sleep(60)"
     p = pod("filler", code, volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}])
     p["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}]
@@ -141,6 +163,9 @@ def test_emptydir_over_its_size_limit_is_evicted_as_a_disruption(kube: KubeClien
     assert done["status"]["phase"] == "Failed" and done["status"]["reason"] == "Evicted"
     disruption = next(c for c in done["status"]["conditions"] if c["type"] == "DisruptionTarget")
     assert disruption["status"] == "True" and disruption["reason"] == "TerminationByKubelet"
+    records = [json.loads(line) for line in (cluster.node_workdir / "records.jsonl").read_text().splitlines()]
+    mine = [r for r in records if r["uid"] == done["metadata"]["uid"]]
+    assert [(r["exitCode"], r["files"]) for r in mine] == [(143, ["big"])]
 
 
 def test_job_retries_a_pod_evicted_mid_run_without_spending_its_backoff(kube: KubeClient):
