@@ -108,6 +108,19 @@ class ClusterError(RuntimeError):
     pass
 
 
+def grant_traverse(paths: list[Path], say=print) -> None:
+    """The pods run as their securityContext's user (the chart's: 65532) with this machine's
+    Python and venv as their image's files. An image's files are world-readable; here Python
+    may live under a 0700 home (pyenv in /root), so the folders on the way get o+x (traverse
+    only: nothing becomes listable or readable that was not)."""
+    for path in paths:
+        for folder in [*reversed(path.parents), path] if path.is_dir() else reversed(path.parents):
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                folder.chmod(mode | 0o001)
+                say(f"o+x on {folder}: pods running as a non-root user must reach the Python they run")
+
+
 class LocalCluster:
     def __init__(self, workdir: str | os.PathLike | None = None, *, node: bool = True, node_name: str = NODE_NAME,
                  fast_failure: bool = True, max_grace: float = 10.0, quiet: bool = True,
@@ -229,6 +242,8 @@ class LocalCluster:
 
     def start_node(self) -> None:
         from hack.nodeagent.images import images_from_dockerfiles
+
+        grant_traverse([Path(sys.executable).resolve(), Path(sys.prefix), ROOT], self._say)
 
         images = self.workdir / "images.json"
         images.write_text(json.dumps({**images_from_dockerfiles(ROOT, Path(sys.prefix) / "bin"), **self.extra_images}))

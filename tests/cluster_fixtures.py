@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from hack.cluster import LocalCluster
+from hack.cluster import LocalCluster, grant_traverse
 from tests.kube_client import KubeClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ class FakeTranscoder:
 def fake_transcoder(tmp_path_factory: pytest.TempPathFactory) -> FakeTranscoder:
     base = tmp_path_factory.mktemp("fake-transcoder")
     base.chmod(0o755)
-    base.parent.chmod(0o755)
+    grant_traverse([base], lambda _: None)  # the pods run as 65532; pytest's temp root is 0700
     return FakeTranscoder(base / "plans")
 
 
@@ -147,3 +147,67 @@ def kubectl_env(cluster: LocalCluster, home: Path) -> dict[str, str]:
                HELM_CACHE_HOME=str(home / "helm-cache"), HELM_CONFIG_HOME=str(home / "helm-config"),
                HELM_DATA_HOME=str(home / "helm-data"))
     return env
+
+
+class ChartIdentity:
+    """The chart's ServiceAccounts and RBAC, rendered by the real `helm template` for one
+    namespace and applied, so an in-process operator or intake runs with exactly the
+    permissions the chart grants it (a missing permission fails the test, as in a cluster)."""
+
+    RELEASE = "lectern"
+
+    def __init__(self, cluster: LocalCluster, kube: KubeClient, workdir: Path) -> None:
+        from hack.tools import helm_path
+
+        self.cluster, self.kube, self.workdir = cluster, kube, workdir
+        ns = kube.namespace
+        proc = subprocess.run(
+            [str(helm_path()), "template", self.RELEASE, str(ROOT / "helm" / "lectern"), "--namespace", ns,
+             "--set", f"watchNamespaces={{{ns}}}", "--set", "peering.enabled=false",
+             "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/rbac.yaml",
+             "--show-only", "templates/transcoder-rbac.yaml"],
+            capture_output=True, text=True, env=kubectl_env(cluster, workdir), timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"helm template failed: {proc.stderr}")
+        self.objects = kube.apply_yaml(proc.stdout)
+
+    def service_account(self, component: str) -> str:
+        return {"operator": f"{self.RELEASE}-operator", "intake": f"{self.RELEASE}-intake",
+                "transcoder": "lectern-transcoder"}[component]
+
+    def token(self, component: str, seconds: int = 3600, bound_secret: str | None = None) -> str:
+        """A TokenRequest token of the component's ServiceAccount (optionally bound to a Secret:
+        deleting the Secret revokes the token)."""
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if bound_secret:
+            secret = self.kube.get("secrets", bound_secret)
+            spec["boundObjectRef"] = {"kind": "Secret", "apiVersion": "v1", "name": bound_secret,
+                                      "uid": secret["metadata"]["uid"]}
+        review = self.kube.request("POST", self.kube.path("serviceaccounts", self.service_account(component),
+                                                          subresource="token"),
+                                   {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+        return review["status"]["token"]
+
+    def kubeconfig(self, component: str, token_file: Path | None = None) -> Path:
+        """A kubeconfig for the component: its token inline, or `tokenFile` (re-read on 401)."""
+        path = self.workdir / f"{component}.kubeconfig"
+        user = f"tokenFile: {token_file}" if token_file else f"token: {self.token(component)}"
+        path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {{server: {self.cluster.server}, certificate-authority: {self.cluster.ca}}}
+users:
+- name: {component}
+  user: {{{user}}}
+contexts:
+- name: {component}
+  context: {{cluster: local, user: {component}, namespace: {self.kube.namespace}}}
+current-context: {component}
+""")
+        return path
+
+
+@pytest.fixture()
+def chart_identity(cluster: LocalCluster, kube: KubeClient, tmp_path: Path) -> ChartIdentity:
+    return ChartIdentity(cluster, kube, tmp_path)
