@@ -8,24 +8,34 @@ VENV    := .venv/.installed
 NODE    := tests/node/node_modules/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-transcoder test bench crds sysdeps clean
+.PHONY: demo demo-transcoder test bench crds sysdeps binaries cluster clean
 
 # The whole pipeline (API upload + queue.add -> intake -> VideoTranscode -> operator -> Job ->
 # transcoder -> Cloudinary -> Lecture READY + notifications), every component its own process on
 # this machine, on a generated 720p lecture or yours: `make demo VIDEO=path/to/lecture.mp4`.
 # The output MP4 is kept in demo-output/.
-demo: sysdeps $(VENV) $(NODE)
+demo: sysdeps $(VENV) $(NODE) binaries
 	$(PY) scripts/demo.py $(if $(VIDEO),--video "$(VIDEO)")
+
+# A one-node local cluster of the real control plane (etcd, kube-apiserver, controller manager,
+# scheduler) and our node agent, in the foreground; prints `export KUBECONFIG=...`. Ctrl-C stops it.
+cluster: sysdeps $(VENV) binaries
+	$(PY) hack/cluster.py
+
+# etcd, the Kubernetes control plane and FerretDB, built from their Go modules (hack/*/go.mod)
+# once per machine and cached in ~/.cache/lectern (a cold build: ~16 min on 2 cores).
+binaries: $(VENV)
+	@$(PY) hack/build.py >/dev/null
 
 # The transcoder alone on a generated 1080p lecture: progress bar, then input vs output.
 demo-transcoder: sysdeps $(VENV)
 	$(PY) scripts/demo_transcoder.py
 
-test: sysdeps $(VENV) $(NODE)
+test: sysdeps $(VENV) $(NODE) binaries
 	.venv/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # VMAF needs the libvmaf-enabled ffmpeg of the `bench` extra (imageio-ffmpeg).
-bench: sysdeps $(VENV) $(NODE)
+bench: sysdeps $(VENV) $(NODE) binaries
 	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/transcode.py
 	$(PY) bench/operator.py
@@ -34,8 +44,10 @@ bench: sysdeps $(VENV) $(NODE)
 crds: $(VENV)
 	.venv/bin/lectern-crds --write
 
-# ffmpeg and redis-server come from Debian; skipped when already on the PATH.
+# ffmpeg and redis-server come from Debian; skipped when already on the PATH. Go (>= 1.26, for
+# the local cluster) must be there already: Debian's is too old.
 sysdeps:
+	@command -v go >/dev/null || { echo "make: Go >= 1.26 is needed to build the local cluster (hack/build.py) (Debian's golang is too old)" >&2; exit 1; }
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \

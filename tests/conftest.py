@@ -7,21 +7,23 @@ import os
 
 import pytest
 
+from hack.build import ensure_binaries
 from tests.standins.services import ExternalMongo, MongoServer, RedisServer, ferretdb_binary
 
 
 def pytest_collection_finish(session):
-    """Build FerretDB (hack/build.py, once per machine; cached after) before the first test, so
-    a cold build does not count against a test's timeout. A failed build is reported here and
-    again by each test that starts a MongoServer."""
+    """Build the local cluster's binaries and FerretDB (hack/build.py, once per machine; cached
+    after) before the first test, so a cold build does not count against a test's timeout. A
+    failed build is reported here and again by each test that needs the binary."""
     if not session.items or session.config.option.collectonly:
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     try:
         with capture.global_and_fixture_disabled():  # hack/build says what it builds and for how long
             ferretdb_binary()
+            ensure_binaries()
     except Exception as exc:  # BuildError, no Go: the tests that need it fail with it
-        session.config.get_terminal_writer().line(f"FerretDB could not be built: {exc}", red=True)
+        session.config.get_terminal_writer().line(f"the local cluster could not be built: {exc}", red=True)
 
 
 @pytest.fixture(scope="session")
