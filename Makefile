@@ -44,7 +44,7 @@ bench: sysdeps $(VENV) $(NODE) binaries
 crds: $(VENV)
 	.venv/bin/lectern-crds --write
 
-# ffmpeg and redis-server come from Debian; skipped when already on the PATH. Go (>= 1.26, for
+# ffmpeg, redis-server, openssl and chromium (the HLS playback test) come from Debian; skipped when already on the PATH. Go (>= 1.26, for
 # the local cluster) must be there already: Debian's is too old.
 sysdeps:
 	@command -v go >/dev/null || { echo "make: Go >= 1.26 is needed to build the local cluster (hack/build.py) (Debian's golang is too old)" >&2; exit 1; }
@@ -52,6 +52,7 @@ sysdeps:
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
