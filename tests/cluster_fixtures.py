@@ -163,7 +163,8 @@ class ChartIdentity:
         ns = kube.namespace
         proc = subprocess.run(
             [str(helm_path()), "template", self.RELEASE, str(ROOT / "helm" / "lectern"), "--namespace", ns,
-             "--set", f"watchNamespaces={{{ns}}}", "--set", "peering.enabled=false",
+             "--set", f"watchNamespaces={{{ns}}}", "--set", "redis.existingSecret=lectern-redis",
+             "--set", "mongo.existingSecret=lectern-mongo", "--set", "cloudinary.existingSecret=lectern-cloudinary",
              "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/rbac.yaml",
              "--show-only", "templates/transcoder-rbac.yaml"],
             capture_output=True, text=True, env=kubectl_env(cluster, workdir), timeout=60)

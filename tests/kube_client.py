@@ -45,13 +45,16 @@ _RESOURCES: dict[str, tuple[str, str, bool]] = {
     "roles": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "rolebindings": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "customresourcedefinitions": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    "clusterroles": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "clusterrolebindings": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
 }
 _ALIASES = {"vt": "videotranscodes", "videotranscode": "videotranscodes", "VideoTranscode": "videotranscodes",
             "job": "jobs", "Job": "jobs", "pod": "pods", "Pod": "pods", "ns": "namespaces",
             "Namespace": "namespaces", "Secret": "secrets", "ConfigMap": "configmaps", "Event": "events",
             "ServiceAccount": "serviceaccounts", "Node": "nodes", "Lease": "leases", "Deployment": "deployments",
             "Role": "roles", "RoleBinding": "rolebindings", "Service": "services",
-            "crd": "customresourcedefinitions", "CustomResourceDefinition": "customresourcedefinitions"}
+            "crd": "customresourcedefinitions", "CustomResourceDefinition": "customresourcedefinitions",
+            "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
 
 
 class ApiError(Exception):
