@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        from hack.tools import helm_path, kubectl_path
+
+        print(f"# kubectl: {kubectl_path()}  helm: {helm_path()}", file=sys.stderr)
         print(f"# logs: {cluster.workdir / 'logs'}; Ctrl-C stops the cluster", file=sys.stderr, flush=True)
         while not stop.wait(1):
             dead = [p.name for p in cluster.procs.values() if not p.alive()]
