@@ -66,6 +66,12 @@ def output_target(settings: Settings, lecture_id: str, raw_video_url: str) -> st
     return f"cloudinary:{settings.cloudinary_folder.strip('/')}/{lecture_id}/{digest}"
 
 
+def hls_target(mp4_target: str) -> str:
+    """The HLS set's Cloudinary folder: the MP4's public id + `-hls` (one folder per upload,
+    beside its MP4, so a re-run of the same upload overwrites rather than piles up)."""
+    return f"{mp4_target}-hls"
+
+
 def report_path(namespace: str, name: str) -> str:
     return f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}"
 
@@ -103,7 +109,8 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta.get("namespace", "default"), meta.get("uid")
     spec = api.VideoTranscodeSpec.model_validate(body.get("spec") or {})
-    max_height = min(o.max_height for o in spec.outputs if o.type == "mp4")
+    max_height = spec.mp4_max_height()
+    target = output_target(settings, spec.lecture_id, spec.raw_video_url)
     job_labels = labels(name, spec.lecture_id)
 
     env: list[dict[str, Any]] = [
@@ -124,10 +131,11 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "command": ["lectern-transcode"],
         "args": [
             spec.raw_video_url,
-            output_target(settings, spec.lecture_id, spec.raw_video_url),
+            target,
             "--lecture-id", spec.lecture_id,
             "--report-cr", report_path(namespace, name),
             "--max-height", str(max_height),
+            *(["--hls", hls_target(target)] if spec.wants_hls(settings.hls_default) else []),
         ],
         "env": env,
         "resources": resources(settings, spec.resources.model_dump(exclude_none=True) if spec.resources else None),

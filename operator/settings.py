@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     cloudinary_secret_name: str = "lectern-cloudinary"
     cloudinary_secret_key: str = "CLOUDINARY_URL"
     cloudinary_folder: str = "lectern/lectures"
+    # The HLS ladder (1080p/720p/480p + poster) beside the MP4 for a VideoTranscode whose
+    # spec.outputs is absent; a CR that lists outputs gets exactly those (chart: transcode.hls.enabled).
+    hls_default: bool = True
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["res.cloudinary.com"])
     max_download_bytes: int = 8 * 1024**3
 

@@ -156,6 +156,7 @@ def crd() -> dict[str, Any]:
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                         {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
                         {"name": "Video URL", "type": "string", "jsonPath": ".status.videoUrl", "priority": 1},
+                        {"name": "HLS URL", "type": "string", "jsonPath": ".status.hlsUrl", "priority": 1},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},
                 }

@@ -41,13 +41,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class OutputSpec(_Model):
-    """One rendition to produce. Only `mp4` exists today; an HLS ladder or thumbnails are
-    new `type` values (and their own optional fields) later, not a breaking change."""
+OutputType = Literal["mp4", "hls"]
 
-    type: Literal["mp4"] = "mp4"
+
+class OutputSpec(_Model):
+    """One rendition to produce: `mp4` (the 720p MP4, always produced) or `hls` (the adaptive
+    ladder 1080p/720p/480p as the source allows, a master playlist and a poster JPEG).
+    Thumbnails or other renditions are new `type` values later, not a breaking change."""
+
+    type: OutputType = "mp4"
     max_height: Annotated[int, Field(ge=144, le=720)] = Field(
-        720, description="Largest short side in pixels (720 means fit within 1280x720 / 720x1280)."
+        720, description="Largest short side of the MP4 in pixels (720 means fit within 1280x720 / 720x1280). "
+                         "mp4 only: the HLS ladder's rungs follow the source."
     )
 
 
@@ -71,13 +76,26 @@ class VideoTranscodeSpec(_Model):
     priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
         0, description="Higher runs first when transcodes wait for a slot; ties are first come, first served."
     )
-    outputs: Annotated[list[OutputSpec], Field(min_length=1, max_length=8)] = Field(
-        default_factory=lambda: [OutputSpec()], description="Renditions to produce."
+    outputs: Annotated[list[OutputSpec], Field(min_length=1, max_length=8)] | None = Field(
+        None, description="Renditions to produce. The MP4 is always produced. Absent: the MP4 and the HLS ladder "
+                          "if the operator's default says so (chart value transcode.hls.enabled); present: exactly "
+                          "what it lists, so [{type: mp4}] means the MP4 alone and [{type: hls}] adds the ladder."
     )
     resources: ResourceOverrides | None = None
     active_deadline_seconds: Annotated[int, Field(ge=60, le=86400)] | None = Field(
         None, description="Overrides the chart's deadline for this transcode's Job."
     )
+
+    def mp4_max_height(self) -> int:
+        """The MP4's largest short side: the smallest `maxHeight` of the mp4 outputs (720 if none is listed)."""
+        return min((o.max_height for o in self.outputs or () if o.type == "mp4"), default=720)
+
+    def wants_hls(self, default: bool) -> bool:
+        """Whether to produce the HLS ladder: `default` (the chart's) when `outputs` is absent,
+        else whether `outputs` lists an hls entry (listing only mp4 is the explicit opt-out)."""
+        if self.outputs is None:
+            return default
+        return any(o.type == "hls" for o in self.outputs)
 
 
 class TranscoderReport(_Model):
@@ -97,6 +115,8 @@ class TranscoderReport(_Model):
     cpu_seconds: Annotated[float, Field(ge=0)] = 0.0
     speed: Annotated[float, Field(ge=0)] | None = Field(None, description="Encode speed, x realtime.")
     video_url: str | None = None
+    hls_url: str | None = Field(None, description="The HLS master playlist's secure URL (with --hls).")
+    poster_url: str | None = Field(None, description="The poster JPEG's secure URL (with --hls).")
     updated_at: datetime | None = None
 
 
@@ -160,6 +180,8 @@ class VideoTranscodeStatus(_Model):
     attempts: Annotated[int, Field(ge=0)] = 0
     job_name: str | None = None
     video_url: str | None = None
+    hls_url: str | None = Field(None, description="The HLS ladder's master playlist (https), when HLS was produced.")
+    poster_url: str | None = Field(None, description="The poster JPEG (https), produced with the HLS ladder.")
     message: str | None = None
     observed_generation: int | None = None
     queued_at: datetime | None = None

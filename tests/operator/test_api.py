@@ -67,6 +67,7 @@ def test_crd_is_structural():
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(cols)[:5] == ["Lecture", "Phase", "Progress", "Attempts", "Age"]
     assert cols["Job"]["priority"] == 1 and cols["Video URL"]["priority"] == 1
+    assert cols["HLS URL"] == {"name": "HLS URL", "type": "string", "jsonPath": ".status.hlsUrl", "priority": 1}
     spec = schema["properties"]["spec"]
     assert spec["required"] == ["instructorId", "lectureId", "rawVideoUrl"]
     assert schema["properties"]["status"]["properties"]["phase"]["enum"] == list(api.PHASES)
@@ -81,7 +82,9 @@ def test_every_status_field_the_operator_writes_is_in_the_schema():
                   "lecture", "notified", "report"):
         assert field in status, field
     assert set(status["cost"]["properties"]) >= {"cpuSeconds", "bytesDownloaded", "bytesUploaded", "speed", "wallSeconds"}
-    assert set(status["report"]["properties"]) >= {"progress", "stage", "videoUrl", "cpuSeconds", "speed"}
+    assert set(status["report"]["properties"]) >= {"progress", "stage", "videoUrl", "hlsUrl", "posterUrl",
+                                                   "cpuSeconds", "speed"}
+    assert {"hlsUrl", "posterUrl"} <= set(status)
 
 
 def test_valid_sample_passes_the_schema():
@@ -131,7 +134,7 @@ def _settings(**kw) -> Settings:
 
 
 def test_job_manifest_has_every_field():
-    s = _settings()
+    s = _settings(hls_default=False)  # the HLS arguments: test_job_hls_* below
     job = jobs.build_job(_cr(resources={"cpu": "3", "memory": "64Gi"}, activeDeadlineSeconds=900), s)
     meta, spec = job["metadata"], job["spec"]
     assert meta["name"] == jobs.job_name("lecture-1", "0b6f7c1e-1111-2222-3333-444455556666")
@@ -202,3 +205,71 @@ def test_no_secret_in_job_or_crd():
 def test_crd_is_valid_kubernetes():
     doc = yaml.safe_load((ROOT / "crds" / crd.FILE_NAME).read_text())
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# --- spec.outputs: the HLS ladder (issue 15) ------------------------------------------------------
+
+def _args(job: dict) -> list[str]:
+    return job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("outputs,default,hls", [
+    (None, True, True),                                             # absent: the chart's default
+    (None, False, False),
+    ([{"type": "mp4"}], True, False),                               # listing only mp4 is the opt-out
+    ([{"type": "mp4", "maxHeight": 720}], False, False),
+    ([{"type": "mp4"}, {"type": "hls"}], False, True),              # listing hls opts in whatever the default
+    ([{"type": "hls"}], False, True),                               # the MP4 is produced anyway
+    ([{"type": "hls"}], True, True),
+])
+def test_job_hls_from_outputs_and_the_default(outputs, default, hls):
+    spec = {} if outputs is None else {"outputs": outputs}
+    args = _args(jobs.build_job(_cr(**spec), Settings(hls_default=default)))
+    mp4 = args[1]
+    assert mp4.startswith("cloudinary:lectern/lectures/65f1c2a9e4b0c3d2a1f00001/")
+    if hls:
+        assert args[args.index("--hls") + 1] == f"{mp4}-hls"
+        assert args.count("--hls") == 1
+    else:
+        assert "--hls" not in args
+    # what HLS-off sent before issue 15, unchanged
+    assert args[:8] == ["https://res.cloudinary.com/demo/video/upload/raw.mov", mp4, "--lecture-id",
+                        "65f1c2a9e4b0c3d2a1f00001", "--report-cr",
+                        "/apis/media.lectern.dev/v1alpha1/namespaces/lectern/videotranscodes/lecture-1",
+                        "--max-height", "720"]
+    assert len(args) == (10 if hls else 8)
+
+
+def test_job_hls_keeps_the_mp4_height():
+    args = _args(jobs.build_job(_cr(outputs=[{"type": "hls"}, {"type": "mp4", "maxHeight": 480}]), Settings()))
+    assert args[args.index("--max-height") + 1] == "480" and "--hls" in args
+    args = _args(jobs.build_job(_cr(outputs=[{"type": "hls"}]), Settings()))
+    assert args[args.index("--max-height") + 1] == "720"
+
+
+def test_job_with_hls_is_valid_kubernetes():
+    job = jobs.build_job(_cr(outputs=[{"type": "hls"}]), _settings())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_outputs_schema_accepts_hls_and_stays_additive():
+    schema = _schema()
+    for outputs in ([{"type": "hls"}], [{"type": "mp4"}, {"type": "hls"}], [{"type": "mp4", "maxHeight": 480}]):
+        obj = _cr(outputs=outputs)
+        jsonschema.validate(obj, schema)
+        api.VideoTranscodeSpec.model_validate(obj["spec"])
+    jsonschema.validate(_cr(), schema)  # absent: still valid, and the spec model keeps it absent
+    assert api.VideoTranscodeSpec.model_validate(_cr()["spec"]).outputs is None
+    for bad in ([{"type": "dash"}], []):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(_cr(outputs=bad), schema)
+
+
+def test_report_and_status_carry_hls_fields():
+    report = api.TranscoderReport.model_validate({"videoUrl": "https://v", "hlsUrl": "https://h/master.m3u8",
+                                                  "posterUrl": "https://p.jpg", "futureField": 1})
+    assert (report.hls_url, report.poster_url) == ("https://h/master.m3u8", "https://p.jpg")
+    dumped = report.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert dumped["hlsUrl"] == "https://h/master.m3u8" and dumped["posterUrl"] == "https://p.jpg"
+    status = api.VideoTranscodeStatus.model_validate({"hlsUrl": "https://h/master.m3u8", "posterUrl": "https://p.jpg"})
+    assert status.hls_url and status.poster_url
