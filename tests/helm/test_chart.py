@@ -336,6 +336,19 @@ def test_defaults_watch_the_release_namespace(render):
     assert not rendered.kind("ServiceMonitor") and not rendered.kind("Secret")
 
 
+@pytest.mark.parametrize("enabled", [None, True, False])
+def test_hls_default_renders_the_setting(render, enabled, monkeypatch):
+    """transcode.hls.enabled (default true) -> LECTERN_HLS_DEFAULT -> Settings.hls_default."""
+    rendered = render("defaults" if enabled is None else {"transcode": {"hls": {"enabled": enabled}}})
+    want = True if enabled is None else enabled
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["transcode"]["hls"]["enabled"] is True
+    assert configmap(rendered)["LECTERN_HLS_DEFAULT"] == str(want).lower()
+    plain, _ = container_env(rendered, "-operator")
+    assert plain["LECTERN_HLS_DEFAULT"] == str(want).lower()
+    monkeypatch.setenv("LECTERN_HLS_DEFAULT", plain["LECTERN_HLS_DEFAULT"])
+    assert settings_class()().hls_default is want
+
+
 def test_multiple_namespaces(render):
     rendered = render("namespaces")
     assert configmap(rendered)["LECTERN_NAMESPACES"] == "media-a,media-b,media-c"
@@ -531,6 +544,8 @@ BAD_VALUES = {
     "intake namespace not watched": {"intake": {"namespace": "elsewhere"}},
     "shutdown grace beyond the pod's": {"intake": {"shutdownGraceSeconds": 90}},
     "zero reconcile interval": {"operator": {"reconcileIntervalSeconds": 0}},
+    "hls enabled as string": {"transcode": {"hls": {"enabled": "yes"}}},
+    "unknown hls key": {"transcode": {"hls": {"rungs": 3}}},
 }
 
 
