@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = pipeline.run(options, tracker, on_plan=on_plan, on_retry=on_retry, on_ladder=on_ladder)
         video_url, hls_url, poster_url = result.video_url, result.hls_url, result.poster_url
-        if reporter:
-            reporter.update(video_url=video_url)
+        if reporter:  # in one update: the operator sees the three URLs together
+            reporter.update(video_url=video_url, hls_url=hls_url, poster_url=poster_url)
         tracker.finish("done")
         code, reason = EXIT_OK, f"{result.mode} done: {result.width}x{result.height}, {result.output_bytes} bytes"
         if bar:

@@ -75,6 +75,30 @@ def test_cli_reports_progress_to_the_cr(api_server, media, run_cli, tmp_path):
     assert "encoding" in [r["stage"] for r in reports]
 
 
+def test_reporter_sends_the_hls_urls(api_server):
+    r = CrReporter(API_PATH, api_server, pod="vt-lec1-abcde")
+    r.update(stage="done", progress=100, video_url="https://res.cloudinary.com/x.mp4",
+             hls_url="https://res.cloudinary.com/raw/upload/x-hls/master.m3u8",
+             poster_url="https://res.cloudinary.com/image/upload/x-hls/poster.jpg")
+    r.close()
+    report = _ApiServer.patches[-1]["body"]["status"]["report"]
+    assert report["hlsUrl"] == "https://res.cloudinary.com/raw/upload/x-hls/master.m3u8"
+    assert report["posterUrl"] == "https://res.cloudinary.com/image/upload/x-hls/poster.jpg"
+    assert TranscoderReport.model_validate(report).hls_url == report["hlsUrl"]
+
+
+def test_cli_reports_the_hls_urls_with_the_video_url(api_server, media, run_cli, tmp_path):
+    src = media("report-hls.mp4", duration=3, video_codec="mpeg4", extra=["-q:v", "5"])
+    res = run_cli(str(src), str(tmp_path / "out.mp4"), "--hls", str(tmp_path / "hls"), "--report-cr", API_PATH,
+                  "--lecture-id", "lec1", env={"LECTERN_KUBE_API_URL": api_server})
+    assert res.returncode == 0, res.stderr
+    reports = [p["body"]["status"]["report"] for p in _ApiServer.patches]
+    first_with_video = next(r for r in reports if r.get("videoUrl"))
+    assert first_with_video["hlsUrl"] and first_with_video["posterUrl"]  # one patch carries all three
+    assert reports[-1]["hlsUrl"] == res.termination["hlsUrl"]
+    assert reports[-1]["posterUrl"] == res.termination["posterUrl"]
+
+
 def test_cli_reports_failure(api_server, run_cli, tmp_path):
     src = tmp_path / "bad.mp4"
     src.write_bytes(b"not a video at all" * 100)
