@@ -4,6 +4,10 @@ Allowed transitions (DESIGN.md): AWAITING_MEDIA | READY | FAILED | PROCESSING ->
 PROCESSING -> READY | FAILED. Every write also requires `rawVideoUrl` to be the one this
 transcode processed: a newer upload always wins over an older, slower transcode.
 
+READY writes `videoUrl` and, when the transcode made an HLS ladder (issue 15), `hlsUrl` and
+`posterUrl` (additive fields: the platform's own stay as they are); a READY without them
+removes them, so they always belong to the same upload as `videoUrl`.
+
 Each write returns an `Outcome`:
 - APPLIED: the document is now in the target state (also when a retried write finds that an
   earlier attempt, whose reply was lost, already did it);
@@ -74,7 +78,8 @@ class Lectures:
     # -- synchronous core (runs in a worker thread) ---------------------------------------
 
     def _transition(self, lecture_id: str, raw_video_url: str, target: str,
-                    video_url: str | None, reason: str | None) -> Outcome:
+                    video_url: str | None, reason: str | None,
+                    hls_url: str | None = None, poster_url: str | None = None) -> Outcome:
         key = lecture_key(lecture_id)
         now = datetime.now(timezone.utc)
         update: dict[str, Any] = {"status": target, "updatedAt": now}
@@ -82,6 +87,13 @@ class Lectures:
         if target == READY:
             update["videoUrl"] = video_url
             unset["failureReason"] = ""
+            # HLS is additive: set when this transcode made it, else removed, so that a READY
+            # Lecture never points at the ladder of an earlier upload.
+            for field, value in (("hlsUrl", hls_url), ("posterUrl", poster_url)):
+                if value:
+                    update[field] = value
+                else:
+                    unset[field] = ""
         elif target == FAILED:
             update["failureReason"] = reason or "transcode failed"
         elif target == PROCESSING:
@@ -95,11 +107,13 @@ class Lectures:
             if result.matched_count:
                 return Outcome.APPLIED
             # Not matched: already done by an attempt whose reply was lost, or superseded.
-            doc = self.collection.find_one({"_id": key}, {"status": 1, "rawVideoUrl": 1, "videoUrl": 1})
+            doc = self.collection.find_one({"_id": key}, {"status": 1, "rawVideoUrl": 1, "videoUrl": 1,
+                                                          "hlsUrl": 1, "posterUrl": 1})
         except pymongo.errors.PyMongoError as exc:  # ConnectionFailure, ServerSelectionTimeout, ...
             raise LectureUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         if (doc and doc.get("rawVideoUrl") == raw_video_url and doc.get("status") == target
-                and (target != READY or doc.get("videoUrl") == video_url)):
+                and (target != READY or (doc.get("videoUrl"), doc.get("hlsUrl"), doc.get("posterUrl"))
+                     == (video_url, hls_url or None, poster_url or None))):
             return Outcome.APPLIED
         return Outcome.SUPERSEDED
 
@@ -112,10 +126,12 @@ class Lectures:
     # -- async API ------------------------------------------------------------------------
 
     async def transition(self, lecture_id: str, raw_video_url: str, target: str, *,
-                         video_url: str | None = None, reason: str | None = None) -> Outcome:
+                         video_url: str | None = None, reason: str | None = None,
+                         hls_url: str | None = None, poster_url: str | None = None) -> Outcome:
         if target not in ALLOWED_FROM:
             raise ValueError(f"not a target state: {target}")
-        return await asyncio.to_thread(self._transition, lecture_id, raw_video_url, target, video_url, reason)
+        return await asyncio.to_thread(self._transition, lecture_id, raw_video_url, target, video_url, reason,
+                                       hls_url, poster_url)
 
     async def get(self, lecture_id: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, lecture_id)

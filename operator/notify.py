@@ -1,6 +1,7 @@
 """Notifications for the Socket.IO server: Redis pub/sub `notifications` + a capped stream.
 
-Message (JSON): `{userId, type, message, lectureId, videoUrl, progress}`, type one of
+Message (JSON): `{userId, type, message, lectureId, videoUrl, progress}` (+ `hlsUrl` and
+`posterUrl` in `VIDEO_READY` when the transcode made an HLS ladder), type one of
 `VIDEO_PROCESSING`, `VIDEO_PROGRESS`, `VIDEO_READY`, `VIDEO_FAILED` (what the Socket.IO
 server expects). Internally (Redis marker keys, CR `status.notified`, metrics labels) the
 operator keeps the short kinds `processing`, `progress`, `ready`, `failed`; `WIRE_TYPE`
@@ -49,15 +50,19 @@ class NotifyUnavailable(Exception):
 
 
 def message(kind: str, *, user_id: str, lecture_id: str, video_url: str | None = None,
-            progress: int | None = None, reason: str | None = None) -> dict[str, Any]:
+            progress: int | None = None, reason: str | None = None,
+            hls_url: str | None = None, poster_url: str | None = None) -> dict[str, Any]:
     text = {
         PROCESSING: "Your lecture video is being processed.",
         PROGRESS: f"Processing your lecture video: {progress}%.",
         READY: "Your lecture video is ready.",
         FAILED: f"Processing your lecture video failed: {reason or 'unknown error'}. The original upload is still available.",
     }[kind]
-    return {"userId": user_id, "type": WIRE_TYPE[kind], "message": text, "lectureId": lecture_id,
-            "videoUrl": video_url, "progress": progress}
+    out = {"userId": user_id, "type": WIRE_TYPE[kind], "message": text, "lectureId": lecture_id,
+           "videoUrl": video_url, "progress": progress}
+    if kind == READY:  # only when there is one: an HLS-off message is exactly what it was
+        out.update({k: v for k, v in (("hlsUrl", hls_url), ("posterUrl", poster_url)) if v})
+    return out
 
 
 class Notifier:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -97,11 +98,35 @@ def termination(pod: Mapping[str, Any]) -> dict[str, Any] | None:
             try:
                 parsed = json.loads(raw.splitlines()[-1])
                 if isinstance(parsed, dict):
-                    out.update({k: v for k, v in parsed.items() if k in ("exitCode", "reason", "videoUrl")})
+                    out.update({k: v for k, v in parsed.items()
+                                if k in ("exitCode", "reason", "videoUrl", "hlsUrl", "posterUrl")})
             except ValueError:
                 out["reason"] = raw[-300:]
         return out
     return None
+
+
+def https_url(value: Any) -> str | None:
+    """`value` when it is an https URL the CRD would admit (api.HTTPS_URL_PATTERN), else None."""
+    if isinstance(value, str) and len(value) <= 2048 and re.fullmatch(api.HTTPS_URL_PATTERN, value):
+        return value
+    return None
+
+
+def hls_result(report: Mapping[str, Any], term: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The HLS outputs of a finished transcode (issue 15): `{hlsUrl, posterUrl}` from where the
+    videoUrl comes from (the report, else the termination message: the transcoder puts all
+    three in one report update and one message), only https URLs; and what was refused."""
+    src = report if report.get("videoUrl") else term
+    urls: dict[str, str] = {}
+    refused: list[str] = []
+    for key in ("hlsUrl", "posterUrl"):
+        value = src.get(key)
+        if value and https_url(value):
+            urls[key] = value
+        elif value:
+            refused.append(f"{key} {str(value)[:200]!r} is not an https URL")
+    return urls, refused
 
 
 def container_started(pod: Mapping[str, Any]) -> datetime | None:
@@ -362,6 +387,7 @@ class Reconciler:
             video_url = report.get("videoUrl") or term.get("videoUrl")
             if video_url:
                 patch.update(progress=100, videoUrl=video_url, message="ready")
+                patch.update(self.hls_outputs(body, report, term))
                 conds = set_condition(conds, api.COND_COMPLETE, "True", "JobComplete", "transcode complete")
                 kopf.event(body, type="Normal", reason="Succeeded", message=f"transcode complete: {video_url}")
             else:
@@ -398,6 +424,21 @@ class Reconciler:
         status = {**status, **patch}
         patch.update(await self.finalize(body, status, logger))
         return patch
+
+    def hls_outputs(self, body, report, term) -> dict[str, str]:
+        """hlsUrl/posterUrl for the status. HLS is additive: a missing or refused URL leaves
+        the MP4 result as it is and says so in a Warning event."""
+        urls, refused = hls_result(report, term)
+        for why in refused:
+            kopf.event(body, type="Warning", reason="HlsRefused", message=f"not written to the status: {why}")
+        try:
+            wanted = api.VideoTranscodeSpec.model_validate(body.get("spec") or {}).wants_hls(self.settings.hls_default)
+        except ValueError:
+            wanted = False
+        if wanted and "hlsUrl" not in urls:
+            kopf.event(body, type="Warning", reason="HlsMissing",
+                       message="HLS was asked for but the transcoder reported no usable hlsUrl; the MP4 alone is ready")
+        return urls
 
     # -- final phase: Lecture + the one final notification --------------------------------
 
@@ -437,6 +478,8 @@ class Reconciler:
             for step in steps:
                 outcome = await self.lectures.transition(
                     lid, raw, step, video_url=status.get("videoUrl") if step == READY else None,
+                    hls_url=status.get("hlsUrl") if step == READY else None,
+                    poster_url=status.get("posterUrl") if step == READY else None,
                     reason=(reason or status.get("message")) if step == FAILED else None)
                 if outcome is Outcome.SUPERSEDED:
                     kopf.event(body, type="Warning", reason="LectureSuperseded",
@@ -470,6 +513,8 @@ class Reconciler:
         spec = body.get("spec") or {}
         return notify.message(kind, user_id=spec.get("instructorId"), lecture_id=spec.get("lectureId"),
                               video_url=status.get("videoUrl") if kind == notify.READY else None,
+                              hls_url=status.get("hlsUrl") if kind == notify.READY else None,
+                              poster_url=status.get("posterUrl") if kind == notify.READY else None,
                               progress=100 if kind == notify.READY else (0 if kind == notify.PROCESSING else status.get("progress")),
                               reason=status.get("message"))
 

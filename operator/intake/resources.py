@@ -98,6 +98,18 @@ def belongs_to(obj: dict[str, Any], payload: JobPayload, job_id: str, queue: str
             and spec.get("lectureId") == payload.lecture_id and spec.get("rawVideoUrl") == payload.raw_video_url)
 
 
+def job_result(lecture_id: str, status: dict[str, Any]) -> dict[str, str] | None:
+    """The BullMQ job's completed result for a Succeeded CR: `{lectureId, videoUrl}` (the
+    contract), plus `hlsUrl` and `posterUrl` when the transcode made an HLS ladder (issue 15;
+    absent, not null, otherwise). None while the status has no videoUrl yet."""
+    video_url = status.get("videoUrl")
+    if not video_url:
+        return None
+    result = {"lectureId": lecture_id, "videoUrl": video_url}
+    result.update({k: status[k] for k in ("hlsUrl", "posterUrl") if status.get(k)})
+    return result
+
+
 def upload_order(obj: dict[str, Any]) -> tuple[int, int]:
     """Sort key of the upload a CR was made for: job creation time (when the API enqueued
     the upload), then the numeric job id (BullMQ's counter). Larger is newer."""

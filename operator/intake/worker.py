@@ -11,7 +11,7 @@ transcode takes and hundreds of jobs can wait at once.
        ├─ supersede: an older running transcode of the lecture with another upload is deleted;
        │  if a newer upload exists, this job is the one superseded (failed, no retry)
        ├─ follow status: progress ─▶ job.updateProgress(int), on change
-       ├─ Succeeded ─▶ completed {lectureId, videoUrl}
+       ├─ Succeeded ─▶ completed {lectureId, videoUrl} (+ hlsUrl, posterUrl with an HLS ladder)
        ├─ Failed    ─▶ failed with status.message, no retry (the Job already retried the pod)
        ├─ CR deleted ─▶ failed, no retry ("superseded by a newer upload" or "deleted")
        └─ the intake's own trouble (API unreachable past the retry budget) ─▶ plain error:
@@ -376,11 +376,11 @@ class Intake:
             phase = status.get("phase")
             progress = _int_progress(status.get("progress"))
             if phase == "Succeeded":
-                video_url = status.get("videoUrl")
-                if video_url:
+                result = res.job_result(payload.lecture_id, status)
+                if result:
                     if last_progress != 100:
                         await self._relay_progress(job, 100)
-                    return {"lectureId": payload.lecture_id, "videoUrl": video_url}
+                    return result
                 if not warned_no_url:
                     warned_no_url = True
                     log.warning("VideoTranscode %s succeeded without a videoUrl; waiting for it", name)

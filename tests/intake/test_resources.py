@@ -74,3 +74,31 @@ def test_upload_order():
     later = res.cr_body(p, name="c", namespace="n", job_id="2", job_timestamp=2000, queue=Q)
     assert res.upload_order(older) < res.upload_order(newer) < res.upload_order(later)
     assert res.job_order(1000, "10") == res.upload_order(newer)
+
+
+def test_body_leaves_outputs_to_the_operator_default():
+    """The intake writes no spec.outputs: the chart's transcode.hls.enabled decides (issue 15)."""
+    p = payload()
+    body = res.cr_body(p, name="a", namespace="n", job_id="1", job_timestamp=1, queue=Q)
+    assert "outputs" not in body["spec"]
+    assert VideoTranscodeSpec.model_validate(body["spec"]).wants_hls(True)
+    assert not VideoTranscodeSpec.model_validate(body["spec"]).wants_hls(False)
+
+
+HLS = "https://res.cloudinary.com/d/raw/upload/v2/lectern/lectures/l1/abc-hls/master.m3u8"
+POSTER = "https://res.cloudinary.com/d/image/upload/v2/lectern/lectures/l1/abc-hls/poster.jpg"
+VIDEO = "https://res.cloudinary.com/d/video/upload/v2/lectern/lectures/l1/abc.mp4"
+
+
+@pytest.mark.parametrize("status,result", [
+    ({"phase": "Succeeded", "videoUrl": VIDEO}, {"lectureId": "l1", "videoUrl": VIDEO}),  # HLS off: as before
+    ({"phase": "Succeeded", "videoUrl": VIDEO, "hlsUrl": None, "posterUrl": ""}, {"lectureId": "l1", "videoUrl": VIDEO}),
+    ({"phase": "Succeeded", "videoUrl": VIDEO, "hlsUrl": HLS, "posterUrl": POSTER},
+     {"lectureId": "l1", "videoUrl": VIDEO, "hlsUrl": HLS, "posterUrl": POSTER}),
+    ({"phase": "Succeeded", "videoUrl": VIDEO, "hlsUrl": HLS}, {"lectureId": "l1", "videoUrl": VIDEO, "hlsUrl": HLS}),
+    ({"phase": "Succeeded", "hlsUrl": HLS}, None),  # no videoUrl yet: keep waiting
+])
+def test_job_result_shape(status, result):
+    assert res.job_result("l1", status) == result
+    if result:
+        assert list(result)[:2] == ["lectureId", "videoUrl"]

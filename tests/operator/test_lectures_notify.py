@@ -70,6 +70,54 @@ async def test_newer_upload_wins(mongo_server, coll):
         lec.close()
 
 
+HLS = "https://res.cloudinary.com/demo/raw/upload/v2/lectern/lectures/l/abc-hls/master.m3u8"
+POSTER = "https://res.cloudinary.com/demo/image/upload/v2/lectern/lectures/l/abc-hls/poster.jpg"
+
+
+async def test_ready_writes_hls_and_poster(mongo_server, coll):
+    """READY writes hlsUrl/posterUrl beside videoUrl (issue 15); the platform's fields stay; a
+    later READY without HLS removes them (never the ladder of an older upload); the guard holds."""
+    coll.insert_one({"_id": "lec", "status": "PROCESSING", "rawVideoUrl": RAW, "title": "Week 1",
+                     "instructorId": "u1"})
+    lec = _lectures(mongo_server.url, coll)
+    try:
+        assert await lec.transition("lec", RAW, READY, video_url="https://v", hls_url=HLS,
+                                    poster_url=POSTER) is Outcome.APPLIED
+        assert await lec.transition("lec", RAW, READY, video_url="https://v", hls_url=HLS,
+                                    poster_url=POSTER) is Outcome.APPLIED  # lost reply retried
+        doc = coll.find_one({"_id": "lec"})
+        assert (doc["status"], doc["videoUrl"], doc["hlsUrl"], doc["posterUrl"]) == ("READY", "https://v", HLS, POSTER)
+        assert (doc["rawVideoUrl"], doc["title"], doc["instructorId"]) == (RAW, "Week 1", "u1")
+        # a retry with other URLs is not "already done": that READY belongs to someone else
+        assert await lec.transition("lec", RAW, READY, video_url="https://v", hls_url=HLS + "?x") is Outcome.SUPERSEDED
+        # PROCESSING and FAILED leave them (as videoUrl); a READY without HLS removes them
+        assert await lec.transition("lec", RAW, PROCESSING) is Outcome.APPLIED
+        assert coll.find_one({"_id": "lec"})["hlsUrl"] == HLS
+        assert await lec.transition("lec", RAW, READY, video_url="https://v2") is Outcome.APPLIED
+        doc = coll.find_one({"_id": "lec"})
+        assert doc["videoUrl"] == "https://v2" and "hlsUrl" not in doc and "posterUrl" not in doc
+        assert await lec.transition("lec", RAW, READY, video_url="https://v2") is Outcome.APPLIED  # idempotent
+        # the rawVideoUrl guard is unchanged: a newer upload is never given this HLS
+        coll.update_one({"_id": "lec"}, {"$set": {"rawVideoUrl": RAW2, "status": "PROCESSING"}})
+        assert await lec.transition("lec", RAW, READY, video_url="https://v", hls_url=HLS,
+                                    poster_url=POSTER) is Outcome.SUPERSEDED
+        doc = coll.find_one({"_id": "lec"})
+        assert doc["status"] == "PROCESSING" and "hlsUrl" not in doc
+    finally:
+        lec.close()
+
+
+def test_ready_message_carries_hls_only_when_there_is_one():
+    plain = notify.message("ready", user_id="u1", lecture_id="l1", video_url="https://v", progress=100)
+    assert plain == {"userId": "u1", "type": "VIDEO_READY", "message": "Your lecture video is ready.",
+                     "lectureId": "l1", "videoUrl": "https://v", "progress": 100}  # HLS off: as before
+    hls = notify.message("ready", user_id="u1", lecture_id="l1", video_url="https://v", progress=100,
+                         hls_url=HLS, poster_url=POSTER)
+    assert hls == {**plain, "hlsUrl": HLS, "posterUrl": POSTER}
+    failed = notify.message("failed", user_id="u1", lecture_id="l1", reason="x", hls_url=HLS, poster_url=POSTER)
+    assert "hlsUrl" not in failed and "posterUrl" not in failed
+
+
 async def test_mongo_down_raises_unavailable(tmp_path):
     server = MongoServer(workdir=tmp_path)
     server.start()
