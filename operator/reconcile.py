@@ -368,8 +368,10 @@ class Reconciler:
         waited = (now() - created).total_seconds() if created else 0.0
         message = f"pod {pod['metadata']['name']} cannot start: {why}"
         patch: dict[str, Any] = {}
-        if message != status.get("message"):
-            patch["message"] = message[:1024]
+        if message[:1024] != status.get("message"):
+            patch["message"] = message[:1024]  # over this pass's "waiting for the transcoder to start"
+        if message[:1024] != (body.get("status") or {}).get("message"):
+            # once per reason: compared with what the CR says, not with this pass's own message
             kopf.event(body, type="Warning", reason="PodNotStarting", message=message[:1024])
         if waited >= self.settings.start_timeout_seconds:
             return patch, f"the transcode pod could not start in {int(waited)}s: {why}"
