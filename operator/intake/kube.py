@@ -27,7 +27,8 @@ def _classify(exc: KubeError, what: str) -> KubeError:
     """The intake retries, within its budget, what a rollout in progress also answers: 401/403
     (RBAC not bound yet) and 404 (CRD not installed yet), besides the plainly transient."""
     cls = Conflict if exc.status == 409 else KubeError
-    out = cls(exc.status, f"{what}: {exc}")
+    out = cls(exc.status, exc.message)
+    out.args = (f"{what}: {exc}",)  # "create VideoTranscode x: HTTP 503: ...", the status said once
     out.transient = exc.transient or exc.status in (401, 403, 404)
     return out
 
