@@ -22,8 +22,10 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,11 +69,15 @@ class FakeTranscoder:
 
 
 @pytest.fixture(scope="session")
-def fake_transcoder(tmp_path_factory: pytest.TempPathFactory) -> FakeTranscoder:
-    base = tmp_path_factory.mktemp("fake-transcoder")
+def fake_transcoder() -> Iterator[FakeTranscoder]:
+    # Not under pytest's temp root: the pods run as 65532 and need to traverse to the script and
+    # the plans, but every pytest session that starts on the machine chmods /tmp/pytest-of-<user>
+    # back to 0700 (a concurrent session made the fake image fail with StartError: EACCES).
+    base = Path(tempfile.mkdtemp(prefix="lectern-fake-transcoder-"))
     base.chmod(0o755)
-    grant_traverse([base], lambda _: None)  # the pods run as 65532; pytest's temp root is 0700
-    return FakeTranscoder(base / "plans")
+    grant_traverse([base], lambda _: None)
+    yield FakeTranscoder(base / "plans")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
