@@ -94,6 +94,18 @@ def _rv(obj: dict | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
+def _later(current: dict, seen: dict | None) -> bool:
+    """Whether the cached state is a later one than `seen`. A caller may hold a later state
+    than the cache (a direct GET while the watch is down): that is no change to return for, or
+    the caller would loop without ever yielding to the event loop."""
+    a, b = _rv(current), _rv(seen)
+    if a == b:
+        return False
+    if a is not None and b is not None and a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return True
+
+
 class TranscodeCache:
     """The latest known state of the CRs this intake follows, kept by list + watch.
 
@@ -136,9 +148,10 @@ class TranscodeCache:
         return self.tombstones.get(name)
 
     async def wait(self, name: str, seen: dict | None, timeout: float) -> None:
-        """Return when the cached state of `name` differs from `seen`, or after `timeout`."""
+        """Return when the cached state of `name` is later than `seen` (or it was deleted), or after
+        `timeout`."""
         current = self.objects.get(name)
-        if current is not None and _rv(current) != _rv(seen):
+        if current is not None and _later(current, seen):
             return
         if current is None and name in self.tombstones:
             return
