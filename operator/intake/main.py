@@ -60,7 +60,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, install_sig
 
     namespace = settings.intake_namespace or settings.namespaces[0]
     api = TranscodeApi(Kube(user_agent="lectern-intake", pool_size=20), namespace)
-    cache = TranscodeCache(api, f"{res.LABEL_MANAGED_BY}={res.MANAGED_BY}",
+    # The shared watch has a client (a session) of its own: a job's call that logs in again
+    # after a 401 replaces the session, and a watch streaming on the replaced one hung for good
+    # (aiohttp never woke its read), leaving the cache "synced" but deaf.
+    watch_api = TranscodeApi(Kube(user_agent="lectern-intake", pool_size=2), namespace)
+    cache = TranscodeCache(watch_api, f"{res.LABEL_MANAGED_BY}={res.MANAGED_BY}",
                            watch_timeout=int(getattr(settings, "watch_timeout_seconds", 300)))
     cache.start()
     metrics = IntakeMetrics()
@@ -110,6 +114,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, install_sig
         await runner.cleanup()
     await health.stop()
     await cache.stop()
+    await watch_api.close()
     await api.close()
     await pinger.aclose()
     log.info("intake stopped")
