@@ -110,3 +110,49 @@ def thread_count(root: Path = DEFAULT_ROOT, proc_cgroup: str | None = None, cpus
     if quota is None:
         return max(1, cpus)
     return max(1, min(cpus, math.ceil(quota - 1e-9)))
+
+
+def _memory_dirs(root: Path, proc_cgroup: str | None) -> list[Path]:
+    """This process's memory cgroup directory and its ancestors (v2 unified, or v1 `memory`)."""
+    if proc_cgroup is None:
+        proc_cgroup = _read(Path("/proc/self/cgroup"))
+    v2 = v1 = None
+    for line in (proc_cgroup or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1 = parts[2]
+    if (root / "cgroup.controllers").exists():
+        return _ancestors(root, v2)
+    base = root / "memory"
+    return _ancestors(base, v1) if base.is_dir() else []
+
+
+def oom_kills(root: Path = DEFAULT_ROOT, proc_cgroup: str | None = None) -> int | None:
+    """The kernel's count of OOM kills of processes in this process's own memory cgroup (v2
+    `memory.events` `oom_kill`, v1 `memory.oom_control` `oom_kill`, kernel >= 4.13; counted
+    for the victim's group, so the parents' counters, which see other pods, are not read), or
+    None when no counter can be read."""
+    dirs = _memory_dirs(root, proc_cgroup)
+    if not dirs:
+        return None
+    for name in ("memory.events", "memory.oom_control"):
+        for line in (_read(dirs[-1] / name) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def memory_limit(root: Path = DEFAULT_ROOT, proc_cgroup: str | None = None) -> int | None:
+    """The smallest memory limit in bytes over this cgroup and its ancestors, or None."""
+    limits = []
+    for d in _memory_dirs(root, proc_cgroup):
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            text = _read(d / name)
+            if text and text.isdigit() and int(text) < 2**60:
+                limits.append(int(text))
+    return min(limits) if limits else None

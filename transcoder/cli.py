@@ -4,7 +4,8 @@ On a terminal it shows a progress bar; otherwise (a pod's log) it prints JSON li
 progress change, so that logs stay greppable and machine-readable. With `--report-cr` it also
 reports into the VideoTranscode's `status.report`. On exit it writes the termination-log line
 the operator reads, and exits with the code the Job's pod failure policy acts on
-(0 ok, 65 unusable input, 75 transient, 143 SIGTERM, 70 bug; 64 bad command line)."""
+(0 ok, 65 unusable input, 71 ffmpeg killed for memory, 75 transient, 143 SIGTERM, 70 bug;
+64 bad command line)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or res.cloudinary.com; *.example.com allows subdomains; host:port for other ports)")
     p.add_argument("--max-bytes", type=int,
                    help="largest download in bytes (default $LECTERN_MAX_DOWNLOAD_BYTES or 4 GiB)")
+    p.add_argument("--max-duration", type=float, metavar="SECONDS",
+                   help="longest input accepted, in seconds (default $LECTERN_MAX_INPUT_SECONDS or 21600, 6 h)")
     p.add_argument("--threads", type=int, help="ffmpeg threads (default: the cgroup CPU quota)")
     p.add_argument("--hls", metavar="DEST",
                    help="also write an HLS ladder (1080p/720p/480p as the source allows, master.m3u8, a poster.jpg): "
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 bytes_uploaded=s.bytes_uploaded, input_duration_seconds=s.input_duration_seconds))
         options = pipeline.Options(input=args.input, output=args.output, lecture_id=args.lecture_id,
                                    max_height=args.max_height, allowed_hosts=args.allowed_hosts,
-                                   max_bytes=args.max_bytes, threads=args.threads, hls=args.hls)
+                                   max_bytes=args.max_bytes, threads=args.threads, hls=args.hls,
+                                   max_duration=args.max_duration)
         tracker = ProgressTracker(pipeline.stages_for(options), hooks)
 
         def on_plan(info, plan) -> None:

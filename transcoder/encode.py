@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from lectern_transcoder import profile
-from lectern_transcoder.errors import TranscodeError, Transient, UnusableInput
+from lectern_transcoder import cgroup, ffsafe, profile
+from lectern_transcoder.errors import OutOfMemory, TranscodeError, Transient, UnusableInput
 from lectern_transcoder.probe import AudioStream, Probe, last_line
 from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
 
@@ -150,7 +151,7 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
 def argv_main(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
     """The one ffmpeg that reads the input for the video (and the audio unless it goes to a
     parallel process). Its output is final (with +faststart) unless audio is muxed later."""
-    argv = [ffmpeg, *_COMMON, "-threads", str(pl.threads), "-i", str(src), "-map", f"0:{p.video.index}"]
+    argv = [ffmpeg, *_COMMON, "-threads", str(pl.threads), *source_args(p, src), "-map", f"0:{p.video.index}"]
     argv += _video_codec_args(pl, p)
     if pl.audio is not None and not pl.parallel_audio:
         argv += ["-map", f"0:{pl.audio.index}", *_audio_codec_args(pl.audio, pl.copy_audio)]
@@ -162,20 +163,39 @@ def argv_main(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg") 
     return argv + [*_PROGRESS, "-f", "mp4", "-y", str(dst)]
 
 
-def argv_audio(pl: Plan, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+def source_args(p: Probe, src: Path) -> list[str]:
+    """`-i` of the untrusted input, pinned to the probed demuxer, `file` only, frame size and
+    duration capped (ffsafe.input_args)."""
+    return [*ffsafe.input_args(p.demuxer, p.max_seconds), "-i", ffsafe.input_url(src)]
+
+
+def own_input(path: Path) -> list[str]:
+    """`-i` of a file this program wrote (an MP4 or fragmented MP4)."""
+    return [*ffsafe.own_args("mov"), "-i", ffsafe.input_url(path)]
+
+
+def argv_audio(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
     assert pl.audio is not None
-    return [ffmpeg, *_COMMON, "-i", str(src), "-map", f"0:{pl.audio.index}", "-vn", "-sn", "-dn",
+    return [ffmpeg, *_COMMON, *source_args(p, src), "-map", f"0:{pl.audio.index}", "-vn", "-sn", "-dn",
             *_audio_codec_args(pl.audio, False), "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
 
 
 def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
-    return [ffmpeg, *_COMMON, "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+    return [ffmpeg, *_COMMON, *own_input(video), *own_input(audio), "-map", "0:v:0", "-map", "1:a:0",
             "-c", "copy", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", "-y", str(dst)]
 
 
-def _classify(returncode: int, stderr: bytes, src: Path, what: str) -> TranscodeError:
+def _classify(returncode: int, stderr: bytes, src: Path, what: str,
+              procs: "Processes | None" = None) -> TranscodeError:
     reason = last_line(stderr, src)
     text = stderr.decode("utf-8", "replace")
+    if returncode == -signal.SIGKILL and (procs is None or procs.oom_killed() is not False):
+        # The kernel's OOM killer (the cgroup counts it), or SIGKILL where no counter can be
+        # read: not transient, the same input under the same limit is killed again.
+        limit = cgroup.memory_limit()
+        within = f" of {limit // 2**20} MiB" if limit else ""
+        return OutOfMemory(f"{what} was killed by the kernel for lack of memory: this input needs more than "
+                           f"the transcode's memory limit{within}")
     if returncode < 0:
         return Transient(f"{what} was killed by signal {-returncode}")
     if "No space left on device" in text:
@@ -192,11 +212,23 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
+        self._oom_baseline = cgroup.oom_kills()
+
+    def oom_killed(self) -> bool | None:
+        """Whether the kernel OOM-killed a process of our cgroup since we started (None: no
+        counter to read)."""
+        now = cgroup.oom_kills()
+        if now is None or self._oom_baseline is None:
+            return None
+        return now > self._oom_baseline
 
     def start(self, argv: list[str], stderr_path: Path, stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen:
+        """Start one ffmpeg: no shell, no stdin, only ffsafe.child_env() (no credentials), and
+        first in line for the OOM killer."""
         with open(stderr_path, "wb") as err, self._lock:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err,
-                                    close_fds=True, text=False)
+                                    close_fds=True, text=False, env=ffsafe.child_env())
+            ffsafe.oom_first(proc.pid)
             self._procs.append(proc)
         return proc
 
@@ -227,7 +259,7 @@ def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processe
     audio_out = workdir / "audio.m4a"
     audio_proc = None
     if pl.parallel_audio:
-        audio_proc = procs.start(argv_audio(pl, src, audio_out), workdir / "audio.log")
+        audio_proc = procs.start(argv_audio(pl, p, src, audio_out), workdir / "audio.log")
     main = procs.start(argv_main(pl, p, src, main_out), workdir / "video.log", stdout=subprocess.PIPE)
     assert main.stdout is not None
     for block in parse_progress(line.decode("ascii", "replace") for line in main.stdout):
@@ -235,14 +267,14 @@ def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processe
             on_progress(fraction_done(block, p.duration), speed_of(block))
     main.wait()
     if main.returncode != 0:
-        raise _classify(main.returncode, (workdir / "video.log").read_bytes(), src, "ffmpeg")
+        raise _classify(main.returncode, (workdir / "video.log").read_bytes(), src, "ffmpeg", procs)
     if audio_proc is not None:
         audio_proc.wait()
         if audio_proc.returncode != 0:
-            raise _classify(audio_proc.returncode, (workdir / "audio.log").read_bytes(), src, "ffmpeg (audio)")
+            raise _classify(audio_proc.returncode, (workdir / "audio.log").read_bytes(), src, "ffmpeg (audio)", procs)
         mux = procs.start(argv_mux(main_out, audio_out, dst), workdir / "mux.log")
         mux.wait()
         if mux.returncode != 0:
-            raise _classify(mux.returncode, (workdir / "mux.log").read_bytes(), src, "ffmpeg (mux)")
+            raise _classify(mux.returncode, (workdir / "mux.log").read_bytes(), src, "ffmpeg (mux)", procs)
         os.unlink(main_out)
         os.unlink(audio_out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_UNUSABLE_INPUT = 65  # EX_DATAERR: never worth retrying
 EXIT_BUG = 70  # EX_SOFTWARE
+EXIT_OUT_OF_MEMORY = 71  # EX_OSERR: ffmpeg was killed by the kernel for memory; the Job does not retry
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: the Job retries
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (a person pressed Ctrl-C)
@@ -48,6 +49,14 @@ class ConfigurationError(TranscodeError):
     the input is not to blame, so it exits like a bug, for a person to look at."""
 
     exit_code = EXIT_BUG
+
+
+class OutOfMemory(TranscodeError):
+    """ffmpeg was killed by the kernel's OOM killer: this input needs more memory than the pod's
+    limit. A retry with the same limit ends the same way, so the Job's pod failure policy fails
+    it at once (operator/jobs.py); a person may raise the limit and start it again."""
+
+    exit_code = EXIT_OUT_OF_MEMORY
 
 
 class Terminated(TranscodeError):

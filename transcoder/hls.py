@@ -42,7 +42,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from lectern_transcoder import encode, profile
+from lectern_transcoder import encode, ffsafe, profile
 from lectern_transcoder.errors import TranscodeError, UnusableInput
 from lectern_transcoder.probe import AudioStream, Probe
 from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
@@ -137,7 +137,7 @@ def filter_graph(lp: LadderPlan) -> str:
 
 
 def argv_ladder(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str = "ffmpeg") -> list[str]:
-    argv = [ffmpeg, *encode._COMMON, "-threads", str(lp.threads), "-i", str(src),
+    argv = [ffmpeg, *encode._COMMON, "-threads", str(lp.threads), *encode.source_args(p, src),
             "-filter_complex", filter_graph(lp)]
     keyframes = f"expr:gte(t,n_forced*{lp.segment_seconds})"
     for i, r in enumerate(lp.rungs):
@@ -151,9 +151,9 @@ def argv_ladder(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str 
     return argv + encode._PROGRESS
 
 
-def argv_audio(lp: LadderPlan, src: Path, out_dir: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+def argv_audio(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str = "ffmpeg") -> list[str]:
     assert lp.audio is not None
-    return [ffmpeg, *encode._COMMON, "-i", str(src), "-map", f"0:{lp.audio.index}", "-vn", "-sn", "-dn",
+    return [ffmpeg, *encode._COMMON, *encode.source_args(p, src), "-map", f"0:{lp.audio.index}", "-vn", "-sn", "-dn",
             *encode._audio_codec_args(lp.audio, lp.copy_audio), "-map_metadata", "-1",
             *_hls_muxer(lp, out_dir, AUDIO)]
 
@@ -162,7 +162,7 @@ def argv_mp4(video: Path, audio: Path | None, dst: Path, ffmpeg: str = "ffmpeg")
     """The MP4 from the shared rung's (and the audio rendition's) fragmented files: a copy."""
     if audio is not None:
         return encode.argv_mux(video, audio, dst, ffmpeg)
-    return [ffmpeg, *encode._COMMON, "-i", str(video), "-map", "0:v:0", "-c", "copy", "-map_metadata", "-1",
+    return [ffmpeg, *encode._COMMON, *encode.own_input(video), "-map", "0:v:0", "-c", "copy", "-map_metadata", "-1",
             "-movflags", "+faststart", "-f", "mp4", "-y", str(dst)]
 
 
@@ -185,7 +185,7 @@ def run(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, workdir: Path, procs
     out_dir.mkdir(parents=True, exist_ok=True)
     audio_proc = None
     if lp.audio is not None:
-        audio_proc = procs.start(argv_audio(lp, src, out_dir), workdir / "hls-audio.log")
+        audio_proc = procs.start(argv_audio(lp, p, src, out_dir), workdir / "hls-audio.log")
     main = procs.start(argv_ladder(lp, p, src, out_dir), workdir / "hls.log", stdout=subprocess.PIPE)
     assert main.stdout is not None
     for block in parse_progress(line.decode("ascii", "replace") for line in main.stdout):
@@ -193,12 +193,12 @@ def run(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, workdir: Path, procs
             on_progress(fraction_done(block, p.duration), speed_of(block))
     main.wait()
     if main.returncode != 0:
-        raise encode._classify(main.returncode, (workdir / "hls.log").read_bytes(), src, "ffmpeg (ladder)")
+        raise encode._classify(main.returncode, (workdir / "hls.log").read_bytes(), src, "ffmpeg (ladder)", procs)
     if audio_proc is not None:
         audio_proc.wait()
         if audio_proc.returncode != 0:
             raise encode._classify(audio_proc.returncode, (workdir / "hls-audio.log").read_bytes(), src,
-                                   "ffmpeg (audio rendition)")
+                                   "ffmpeg (audio rendition)", procs)
     shared = lp.shared
     if shared is not None and mp4_dst is not None:
         video = _media_file(out_dir, shared.name)
@@ -206,7 +206,7 @@ def run(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, workdir: Path, procs
         mux = procs.start(argv_mp4(video, audio, mp4_dst), workdir / "hls-mux.log")
         mux.wait()
         if mux.returncode != 0:
-            raise encode._classify(mux.returncode, (workdir / "hls-mux.log").read_bytes(), src, "ffmpeg (mp4 from rung)")
+            raise encode._classify(mux.returncode, (workdir / "hls-mux.log").read_bytes(), src, "ffmpeg (mp4 from rung)", procs)
         for f in (video, audio):
             if f is not None and f.parent != out_dir:
                 f.unlink(missing_ok=True)
@@ -378,8 +378,10 @@ def _init_bytes(out_dir: Path, pl: MediaPlaylist) -> bytes:
 
 
 def _ffprobe_stream(path: Path) -> dict:
-    done = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-i", str(path)],
-                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    own = ffsafe.own_args("hls" if path.suffix == ".m3u8" else "mov")
+    done = subprocess.run(["ffprobe", "-v", "error", *own, "-print_format", "json", "-show_streams",
+                           "-i", ffsafe.input_url(path)],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL, env=ffsafe.child_env())
     if done.returncode != 0:
         raise TranscodeError(f"cannot probe HLS rendition {path.name}")
     return (json.loads(done.stdout or b"{}").get("streams") or [{}])[0]
@@ -495,7 +497,7 @@ def poster_time(video: Path, workdir: Path, procs: encode.Processes, width: int,
     """Seconds into `video` of the first non-black, stable frame (see profile.POSTER_*)."""
     w = 64
     h = max(2, round(w * height / width / 2) * 2)
-    argv = ["ffmpeg", *encode._COMMON, "-t", str(profile.POSTER_SCAN_SECONDS), "-i", str(video), "-an",
+    argv = ["ffmpeg", *encode._COMMON, "-t", str(profile.POSTER_SCAN_SECONDS), *encode.own_input(video), "-an",
             "-vf", f"fps={profile.POSTER_SCAN_FPS},scale={w}:{h},format=gray", "-f", "rawvideo", "-y",
             str(workdir / "poster-scan.gray")]
     proc = procs.start(argv, workdir / "poster-scan.log")
@@ -517,11 +519,11 @@ def poster_time(video: Path, workdir: Path, procs: encode.Processes, width: int,
 
 def make_poster(video: Path, dst: Path, workdir: Path, procs: encode.Processes, width: int, height: int) -> float:
     t = poster_time(video, workdir, procs, width, height)
-    argv = ["ffmpeg", *encode._COMMON, "-ss", f"{t:.3f}", "-i", str(video), "-an", "-frames:v", "1",
+    argv = ["ffmpeg", *encode._COMMON, "-ss", f"{t:.3f}", *encode.own_input(video), "-an", "-frames:v", "1",
             "-c:v", "mjpeg", "-q:v", str(profile.POSTER_JPEG_QUALITY), "-pix_fmt", "yuvj420p",
             "-map_metadata", "-1", "-f", "image2", "-update", "1", "-y", str(dst)]
     proc = procs.start(argv, workdir / "poster.log")
     proc.wait()
     if proc.returncode != 0 or not dst.exists():
-        raise encode._classify(proc.returncode, (workdir / "poster.log").read_bytes(), video, "ffmpeg (poster)")
+        raise encode._classify(proc.returncode, (workdir / "poster.log").read_bytes(), video, "ffmpeg (poster)", procs)
     return t

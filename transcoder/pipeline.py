@@ -43,6 +43,8 @@ class Options:
     threads: int | None = None
     # The HLS ladder's destination: a local directory, or cloudinary:<folder> (None: no ladder).
     hls: str | None = None
+    # The longest input accepted, in seconds (None: $LECTERN_MAX_INPUT_SECONDS or 6 h).
+    max_duration: float | None = None
 
 
 @dataclasses.dataclass
@@ -208,7 +210,7 @@ def _download(url: str, work: Path, options: Options, tracker: ProgressTracker, 
 
 def _verify(out: Path, src_probe: Probe, plan: encode.Plan) -> Probe:
     """The result is what we promise, or it is not delivered."""
-    result = probe(out)
+    result = probe(out, demuxer="mov")
     v = result.video
     if v.codec != "h264" or v.pix_fmt != "yuv420p" or (v.width, v.height) != (plan.width, plan.height):
         raise TranscodeError(f"output check failed: {v.codec} {v.pix_fmt} {v.width}x{v.height}, "
@@ -325,7 +327,7 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
             src = _local_input(options.input, work)
         input_bytes = src.stat().st_size
         stage("probing")
-        info = probe(src)
+        info = probe(src, max_seconds=options.max_duration)
         tracker.input_duration_seconds = info.duration
         threads = options.threads or cgroup.thread_count()
         plan = encode.plan(info, threads, options.max_height)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from lectern_transcoder.errors import UnusableInput
+from lectern_transcoder import ffsafe, profile
+from lectern_transcoder.errors import ConfigurationError, UnusableInput
 
 MIN_SIDE = 16
-MAX_SIDE = 8192  # DCI 8K; anything larger is a decompression bomb, not a lecture
 MAX_ASPECT = 10.0
 MIN_DURATION = 0.1
 PROBE_TIMEOUT = 120
@@ -63,6 +64,13 @@ class Probe:
     bit_rate: int | None
     video: VideoStream
     audio: tuple[AudioStream, ...]
+    # The duration limit it was judged by; ffmpeg stops reading the input there (`-t`).
+    max_seconds: float | None = None
+
+    @property
+    def demuxer(self) -> str:
+        """The accepted libavformat demuxer every later ffmpeg call on this input is pinned to."""
+        return ffsafe.demuxer_of(self.format_name)
 
     @property
     def default_audio(self) -> AudioStream | None:
@@ -125,9 +133,30 @@ def _rotation(stream: dict) -> int:
     return int(round(rotation or 0)) % 360 // 90 * 90 if rotation else 0
 
 
-def parse(data: dict) -> Probe:
+def max_input_seconds(override: float | None = None) -> float:
+    """The duration limit: `override` (--max-duration), else $LECTERN_MAX_INPUT_SECONDS, else
+    profile.MAX_INPUT_SECONDS (6 h)."""
+    if override is not None:
+        return float(override)
+    env = os.environ.get(profile.MAX_INPUT_SECONDS_ENV, "").strip()
+    try:
+        value = float(env) if env else profile.MAX_INPUT_SECONDS
+    except ValueError:
+        raise ConfigurationError(f"{profile.MAX_INPUT_SECONDS_ENV}={env!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ConfigurationError(f"{profile.MAX_INPUT_SECONDS_ENV}={env!r} must be positive")
+    return value
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def parse(data: dict, max_seconds: float | None = None) -> Probe:
     """Build the model from ffprobe's JSON (`-show_format -show_streams`), or raise
-    UnusableInput saying what makes it unusable."""
+    UnusableInput saying what makes it unusable (including what is over a limit: the
+    duration, `max_seconds` or max_input_seconds(), and the frame size, 4K UHD)."""
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     videos = [s for s in streams if s.get("codec_type") == "video"
@@ -138,13 +167,20 @@ def parse(data: dict) -> Probe:
         raise UnusableInput(f"input has no video stream{found}")
     v = videos[0]
     width, height = _int(v.get("width")) or 0, _int(v.get("height")) or 0
-    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE) or \
-            max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
-        raise UnusableInput(f"video is {width}x{height} pixels: sides must be {MIN_SIDE}–{MAX_SIDE} "
+    long_max, short_max = profile.MAX_FRAME_LONG_SIDE, profile.MAX_FRAME_SHORT_SIDE
+    if max(width, height) > long_max or min(width, height) > short_max:
+        raise UnusableInput(f"video is {width}x{height} pixels: more than the limit of {long_max}x{short_max} "
+                            f"(4K UHD, landscape or portrait)")
+    if min(width, height) < MIN_SIDE or max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
+        raise UnusableInput(f"video is {width}x{height} pixels: sides must be at least {MIN_SIDE} "
                             f"with an aspect ratio of at most {MAX_ASPECT:g}:1")
     duration = _float(fmt.get("duration")) or _float(v.get("duration")) or 0.0
     if duration < MIN_DURATION:
         raise UnusableInput(f"input has no usable duration ({duration:g} s)")
+    limit = max_input_seconds(max_seconds)
+    if duration > limit:
+        raise UnusableInput(f"input is {_hms(duration)} long: more than the limit of {_hms(limit)} "
+                            f"({limit:g} s, {profile.MAX_INPUT_SECONDS_ENV})")
     video = VideoStream(
         index=int(v["index"]), codec=v.get("codec_name") or "unknown", profile=v.get("profile"),
         pix_fmt=v.get("pix_fmt"), width=width, height=height, sar=_sar(v.get("sample_aspect_ratio")),
@@ -156,29 +192,46 @@ def parse(data: dict) -> Probe:
                     default=bool((s.get("disposition") or {}).get("default")), bit_rate=_int(s.get("bit_rate")))
         for s in streams if s.get("codec_type") == "audio" and (_int(s.get("channels")) or 0) > 0)
     return Probe(format_name=fmt.get("format_name") or "unknown", duration=duration, size=_int(fmt.get("size")),
-                 bit_rate=_int(fmt.get("bit_rate")), video=video, audio=audio)
+                 bit_rate=_int(fmt.get("bit_rate")), video=video, audio=audio, max_seconds=limit)
 
 
-def probe(path: Path, ffprobe: str = "ffprobe") -> Probe:
-    """Run ffprobe on a path this program generated (never a user-supplied one)."""
+def probe(path: Path, ffprobe: str = "ffprobe", demuxer: str | None = None, max_seconds: float | None = None) -> Probe:
+    """Run ffprobe on a path this program generated (never a user-supplied one).
+
+    Without `demuxer` this is the first look at an untrusted file: only the `file` protocol and
+    the accepted containers (ffsafe.probe_args); a playlist, a concat script or any other
+    container is refused before its demuxer opens anything. With `demuxer` (our own outputs,
+    "mov") the reading is pinned to it."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise UnusableInput(f"input cannot be read: {exc.strerror}") from None
     if size == 0:
         raise UnusableInput("input is empty (0 bytes)")
-    argv = [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", str(path)]
+    limit = max_input_seconds(max_seconds)
+    pin = ffsafe.input_args(demuxer) if demuxer else ffsafe.probe_args()
+    argv = [ffprobe, "-v", "error", *pin, "-print_format", "json", "-show_format", "-show_streams",
+            "-i", ffsafe.input_url(path)]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL,
+                              env=ffsafe.child_env())
     except subprocess.TimeoutExpired:
         raise UnusableInput(f"ffprobe did not finish within {PROBE_TIMEOUT} s") from None
     if done.returncode != 0:
+        if b"not on whitelist" in done.stderr:
+            with open(path, "rb") as f:
+                kind = ffsafe.sniff(f.read(8192))
+            what = f"input is {kind}, not a video file" if kind else "input is not in a video container Lectern accepts"
+            raise UnusableInput(f"{what}: only {ffsafe.accepted_names()} files are accepted "
+                                f"(refused before anything it refers to was opened)")
         raise UnusableInput(f"input is not a readable video: {last_line(done.stderr, path)}")
     try:
         data = json.loads(done.stdout or b"{}")
     except json.JSONDecodeError:
         raise UnusableInput("input is not a readable video: ffprobe gave no result") from None
-    return parse(data)
+    result = parse(data, limit)
+    result.demuxer  # noqa: B018 - raises UnusableInput for a container not accepted
+    return result
 
 
 _CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
@@ -193,7 +246,8 @@ def last_line(stderr: bytes, path: Path | None = None) -> str:
     for raw in stderr.decode("utf-8", "replace").splitlines():
         text = _CONTEXT.sub("", raw.strip())
         if path is not None:
-            text = text.replace(str(path) + ": ", "").replace(str(path), "input")
+            for spelling in (ffsafe.input_url(path), str(path)):
+                text = text.replace(spelling + ": ", "").replace(spelling, "input")
         if text and (not lines or lines[-1] != text):
             lines.append(text)
     if not lines:

@@ -110,3 +110,19 @@ POSTER_DARK_LUMA = 32
 POSTER_MAX_DARK_SHARE = 0.9
 POSTER_MAX_STEP = 3.0
 POSTER_JPEG_QUALITY = 3
+
+# -- What an input may cost (probe.py refuses more with exit 65, naming the limit) --------------
+# Longest input accepted, in seconds (LECTERN_MAX_INPUT_SECONDS or --max-duration overrides it):
+# a lecture is 1-3 hours; 6 h leaves room and bounds a pod's work. ffmpeg also stops reading the
+# input at this point (`-t`), so a container whose header understates the duration cannot make
+# the pod decode for longer.
+MAX_INPUT_SECONDS = 6 * 3600
+MAX_INPUT_SECONDS_ENV = "LECTERN_MAX_INPUT_SECONDS"
+# Largest frame accepted: 4K UHD, landscape or portrait (a frame must fit 3840x2160 or 2160x3840).
+MAX_FRAME_LONG_SIDE = 3840
+MAX_FRAME_SHORT_SIDE = 2160
+# Decoders refuse any frame of more pixels than this (ffmpeg `-max_pixels`), so a stream that
+# switches to a huge size after the part ffprobe looked at cannot balloon the decoder's memory.
+# 4096x2304: 4K UHD plus the room decoders need for aligned strides (a 2160-wide portrait frame
+# is checked as 2176 wide), about 14 MB per 8-bit 4:2:0 frame.
+DECODE_MAX_PIXELS = 4096 * 2304
