@@ -16,6 +16,7 @@ from lectern_operator.settings import Settings
 CONTAINER = "transcoder"
 SCRATCH = "/scratch"
 EXIT_UNUSABLE_INPUT = 65
+EXIT_OUT_OF_MEMORY = 71  # ffmpeg OOM-killed (transcoder/errors.py): the same limit fails the same way
 TERMINATION_LOG = "/dev/termination-log"
 
 _SUFFIXES = {
@@ -208,6 +209,11 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
                 # Unusable input: retrying cannot help, fail the Job at once.
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_UNUSABLE_INPUT]}},
+                # ffmpeg killed by the kernel for memory: a retry under the same limit ends the same.
+                # (A bare 137 is not listed: a kubelet also reports a container lost in a node
+                # reboot as 137, and that one must be retried.)
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_OUT_OF_MEMORY]}},
                 # Node drain, eviction, preemption: retry without spending the failure budget.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
