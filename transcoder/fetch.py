@@ -24,7 +24,6 @@ production trusts certifi's public CAs only."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import random
 import socket
@@ -37,7 +36,8 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from lectern_transcoder.errors import Transient, UnusableInput
-from lectern_transcoder.urlpolicy import INSECURE_LOOPBACK_ENV, host_allowed, is_public, parse_insecure_loopback
+from lectern_transcoder.urlpolicy import (INSECURE_LOOPBACK_ENV, UrlRefused, is_public, parse_insecure_loopback,
+                                         parse_media_url)
 
 DEFAULT_ALLOWED_HOSTS = ("res.cloudinary.com",)
 DEFAULT_MAX_BYTES = 4 * 1024**3
@@ -116,33 +116,12 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     """Validate `url` against the policy and resolve it; raises UnusableInput naming what is
     wrong. No connection is made here."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnusableInput(f"input URL is malformed: {exc}") from None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise UnusableInput("input URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise UnusableInput("input URL must not contain credentials")
-    port = port or (443 if scheme == "https" else 80)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-
-    insecure = (host, port) in policy.insecure_loopback
-    if scheme != "https" and not (scheme == "http" and insecure):
-        raise UnusableInput(f"input URL scheme {scheme or '(none)'!r} refused: only https is allowed")
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if insecure:
+        parsed = parse_media_url(url, policy.allowed_hosts, policy.insecure_loopback)
+    except UrlRefused as exc:
+        raise UnusableInput(f"input URL {exc}") from None
+    scheme, host, port, path, literal = parsed.scheme, parsed.host, parsed.port, parsed.path, parsed.address
+    if parsed.insecure:
         return Target(scheme, host, port, path, (host,))
-    if not host_allowed(host, port, policy.allowed_hosts):
-        raise UnusableInput(f"input host {host}:{port} is not on the allowed hosts list "
-                            f"({', '.join(policy.allowed_hosts)})")
     addresses = [host] if literal is not None else policy.resolver(host, port)
     if not addresses:
         raise UnusableInput(f"host {host} resolves to no address")

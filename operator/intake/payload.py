@@ -13,18 +13,14 @@ job's `failedReason`, which is what the platform shows to whoever looks at a fai
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from typing import Annotated, Any, Iterable
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from lectern_operator.api.v1alpha1 import HTTPS_URL_PATTERN, ID_PATTERN
-from lectern_transcoder.urlpolicy import host_allowed, is_public
+from lectern_transcoder.urlpolicy import MAX_URL_LENGTH, UrlRefused, host_allowed, parse_media_url  # noqa: F401
 
-MAX_URL_LENGTH = 2048
 FIELDS = ("lectureId", "rawVideoUrl", "instructorId")
 
 
@@ -51,57 +47,15 @@ class JobPayload(BaseModel):
         return check_media_url(value, allowed, context.get("insecure_loopback") or frozenset())
 
 
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address if `host` is an IP literal, including the legacy IPv4 spellings
-    (`2130706433`, `0x7f.1`, `0177.0.0.1`) that resolvers and some HTTP stacks accept."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    if re.fullmatch(r"[0-9a-fA-FxX.]+", host) and re.search(r"[0-9]", host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
-def _normalise_host(host: str) -> str:
-    return host.strip().lower().rstrip(".")
-
-
 def check_media_url(url: str, allowed_hosts: Iterable[str],
                     insecure_loopback: frozenset[tuple[str, int]] = frozenset()) -> str:
-    """Return `url` if the transcoder may fetch it, else raise ValueError saying why."""
-    allowed_hosts = list(allowed_hosts)
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"longer than {MAX_URL_LENGTH} characters")
-    if url != url.strip() or any(c.isspace() or ord(c) < 0x20 for c in url):
-        raise ValueError("contains whitespace or control characters")
+    """Return `url` if the transcoder may fetch it, else raise ValueError saying why: the
+    transcoder's own parser and rules (urlpolicy.parse_media_url), then the CRD's pattern."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"not a valid URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
-        raise ValueError("must not carry credentials (user:password@)")
-    if "\\" in url:
-        raise ValueError("must not contain backslashes")
-    host = _normalise_host(parts.hostname or "")
-    address = _ip_literal(host) if host else None
-    if (address is not None and insecure_loopback and scheme in ("http", "https")
-            and (str(address), port or (443 if scheme == "https" else 80)) in insecure_loopback):
-        return url  # test-only: the local Cloudinary emulator
-    if scheme != "https":
-        raise ValueError(f"must be an https:// URL (got scheme {parts.scheme or 'none'!r})")
-    if not host:
-        raise ValueError("has no host")
-    if address is not None and not is_public(address):
-        raise ValueError(f"points to a non-public address ({address}: private, loopback, link-local or reserved)")
-    if not host_allowed(host, port, allowed_hosts):
-        raise ValueError(f"host {host!r} is not an allowed media host (allowed: {', '.join(allowed_hosts) or 'none'})")
-    if not re.fullmatch(HTTPS_URL_PATTERN, url):
+        parsed = parse_media_url(url, list(allowed_hosts), insecure_loopback)
+    except UrlRefused as exc:
+        raise ValueError(str(exc)) from None
+    if not parsed.insecure and not re.fullmatch(HTTPS_URL_PATTERN, url):
         raise ValueError("is not a plain https URL (letters, digits, dots and dashes in the host; no whitespace)")
     return url
 
