@@ -1,10 +1,15 @@
 """Harness for the intake tests: the real Node bullmq producer and QueueEvents listener (as
-the platform API uses them), the Python intake as a subprocess (so it can be killed -9 or
-SIGTERMed), and the Kubernetes emulator, where the test plays the operator by patching the
-CR's status."""
+the platform API uses them), the Python intake as a subprocess (the `lectern-intake` console
+script, so it can be killed -9 or SIGTERMed), and the real local cluster (hack/cluster.py).
+
+The intake logs in the normal way (lectern_operator.kube.Credentials: `$KUBECONFIG`) as the
+chart's intake ServiceAccount, with the Role the chart grants it (rendered by the real
+`helm template` and applied to the test's namespace: RBAC enforced). The test plays the
+operator by patching the CR's status subresource as admin."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -22,11 +27,12 @@ from typing import Any
 
 import pytest
 
+from tests.cluster_fixtures import RESTRICTED, ChartIdentity
+from tests.kube_client import KubeClient
 from tests.standins.services import RedisServer, free_port, wait_until  # noqa: F401 (used by the intake tests)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "node"
-NAMESPACE = "lectern"
 ALLOWED_HOST = "res.cloudinary.com"
 
 
@@ -159,7 +165,7 @@ class Events(_Lines):
 
 
 class IntakeProcess:
-    """`python -m lectern_operator.intake` with test settings."""
+    """The `lectern-intake` console script with test settings."""
 
     def __init__(self, env: dict[str, str], workdir: pathlib.Path, n: int):
         self.env = env
@@ -167,7 +173,8 @@ class IntakeProcess:
         self.metrics_port = int(env["LECTERN_METRICS_PORT"])
         self.log_path = workdir / f"intake-{n}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lectern_operator.intake"], cwd=ROOT, env=env,
+        # The console script, not `python -m` from the repo root (operator/ would shadow the stdlib).
+        self.proc = subprocess.Popen([str(INTAKE_BIN)], cwd=workdir, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def _get(self, port: int, path: str) -> tuple[int, str]:
@@ -221,14 +228,23 @@ class IntakeProcess:
         self._log.close()
 
 
+INTAKE_BIN = pathlib.Path(sys.executable).parent / "lectern-intake"
+
+
 class Harness:
-    def __init__(self, kube: Any, redis_url: str, workdir: pathlib.Path):
+    """One queue, the Node producer/listener, intake processes logged in as the chart's intake
+    ServiceAccount, and the test's namespace (`kube`: admin, bound to it)."""
+
+    def __init__(self, kube: KubeClient, identity: ChartIdentity, redis_url: str, workdir: pathlib.Path):
         self.kube = kube
+        self.identity = identity
+        self.namespace = kube.namespace
         self.redis_url = redis_url
         self.workdir = workdir
         self.queue = f"video-queue-{uuid.uuid4().hex[:8]}"
         self._producer: Producer | None = None
         self._events: Events | None = None
+        self._kubeconfig: pathlib.Path | None = None
         self.intakes: list[IntakeProcess] = []
 
     @property
@@ -243,16 +259,20 @@ class Harness:
             self._events = Events(self.redis_url, self.queue, self.workdir)
         return self._events
 
+    @property
+    def kubeconfig(self) -> pathlib.Path:
+        """The chart's intake ServiceAccount (its token inline), as a person would run it."""
+        if self._kubeconfig is None:
+            self._kubeconfig = self.identity.kubeconfig("intake")
+        return self._kubeconfig
+
     def intake_env(self, kubeconfig: pathlib.Path | None = None, **overrides: Any) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LECTERN_", "KUBE"))}
-        if kubeconfig is not None:  # out-of-cluster, as a person would run it
-            env["KUBECONFIG"] = str(kubeconfig)
-        else:
-            env["LECTERN_KUBE_API_URL"] = self.kube.url
+        env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
         env.update({
             "LECTERN_REDIS_URL": self.redis_url,
             "LECTERN_QUEUE_NAME": self.queue,
-            "LECTERN_NAMESPACES": NAMESPACE,
+            "LECTERN_NAMESPACES": self.namespace,
             "LECTERN_ALLOWED_HOSTS": ALLOWED_HOST,
             "LECTERN_HEALTH_PORT": str(free_port()),
             "LECTERN_METRICS_PORT": str(free_port()),
@@ -281,7 +301,7 @@ class Harness:
 
     # --- playing the operator ---------------------------------------------------------------------
     def transcodes(self, labels: str | None = None) -> list[dict]:
-        return self.kube.list("videotranscodes", NAMESPACE, labels=labels)
+        return self.kube.list("videotranscodes", labels=labels)
 
     def cr_for(self, job_id: str, timeout: float = 15.0) -> dict:
         def find():
@@ -290,7 +310,11 @@ class Harness:
         return wait_until(find, timeout, what=f"a VideoTranscode for job {job_id}")
 
     def set_status(self, name: str, **status: Any) -> dict:
-        return self.kube.patch("videotranscodes", name, {"status": status}, namespace=NAMESPACE, subresource="status")
+        return self.kube.patch("videotranscodes", name, {"status": status}, subresource="status")
+
+    def dump_logs(self) -> None:
+        for i, intake in enumerate(self.intakes):
+            sys.stderr.write(f"\n----- intake {i} log -----\n{intake.log()[-6000:]}\n")
 
     def close(self) -> None:
         for intake in self.intakes:
@@ -301,52 +325,159 @@ class Harness:
             self._events.close()
 
 
-def register_crd(kube: Any) -> None:
-    path = ROOT / "crds" / "videotranscodes.media.lectern.dev.yaml"
-    if path.exists():
-        kube.register_crd(path)
-    else:  # not generated yet: the same CRD, straight from the models
-        from lectern_operator.api import crd
-        kube.register_crd(crd.crd())
-    kube.ensure_namespace(NAMESPACE)
+class AdmissionHook:
+    """A validating admission webhook on VideoTranscode creates in one namespace, served by the
+    test (HTTPS on loopback, a throw-away self-signed certificate as the caBundle), so the real
+    API server answers the intake the way the test decides: `decide(request) -> None` (allow)
+    or `(code, message)` (refuse with that HTTP status, e.g. 503). `seen` holds every admission
+    request. Probes (dry-run creates by the test) confirm the API server calls the hook."""
+
+    PROBE = "webhook-probe"
+
+    def __init__(self, kube: KubeClient, workdir: pathlib.Path):
+        import http.server
+        import ssl
+
+        self.kube, self.workdir = kube, workdir
+        self.decide: Any = lambda request: None
+        self.seen: list[dict] = []
+        self.name = f"lectern-test-{kube.namespace}"[:63]
+        cert, key = workdir / "hook.crt", workdir / "hook.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                        "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        self.ca_bundle = base64.b64encode(cert.read_bytes()).decode()
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                request = review["request"]
+                hook.seen.append(request)
+                name = ((request.get("object") or {}).get("metadata") or {}).get("name") or ""
+                verdict = None if name.startswith(hook.PROBE) else hook.decide(request)
+                response: dict[str, Any] = {"uid": request["uid"], "allowed": verdict is None}
+                if verdict is not None:
+                    response["status"] = {"code": verdict[0], "message": verdict[1]}
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                   "response": response}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def user(self, request: dict) -> str:
+        return (request.get("userInfo") or {}).get("username", "")
+
+    def lecture(self, request: dict) -> str:
+        return ((request.get("object") or {}).get("spec") or {}).get("lectureId", "")
+
+    def __enter__(self) -> "AdmissionHook":
+        ns = self.kube.namespace
+        self.kube.request("POST", WEBHOOKS, {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": self.name},
+            "webhooks": [{
+                "name": "videotranscodes.test.lectern.dev",
+                "clientConfig": {"url": f"https://127.0.0.1:{self.server.server_port}/validate",
+                                 "caBundle": self.ca_bundle},
+                "rules": [{"apiGroups": ["media.lectern.dev"], "apiVersions": ["*"], "operations": ["CREATE"],
+                           "resources": ["videotranscodes"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10}]})
+        # The API server loads webhook configurations from a watch: wait until it calls this one.
+        self._wait_until(lambda called: called, "the API server never called the admission webhook")
+        return self
+
+    def _probe(self) -> bool:
+        """A dry-run create as admin; True if it went through this hook."""
+        from lectern_operator.intake import resources as res
+        from lectern_operator.intake.payload import parse_payload
+
+        body = res.cr_body(parse_payload(lecture_data(lecture="probe"), [ALLOWED_HOST]), name=self.PROBE,
+                           namespace=self.kube.namespace, job_id="probe", job_timestamp=1, queue="probe")
+        before = len(self.seen)
+        self.kube.request("POST", self.kube.path("vt"), body, params={"dryRun": "All"})
+        return len(self.seen) > before
+
+    def _wait_until(self, done: Any, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self._probe()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self.decide = lambda request: None
+        try:
+            self.kube.request("DELETE", f"{WEBHOOKS}/{self.name}")
+            # Keep serving until the API server has dropped the hook: a hook that is gone while
+            # still configured fails every create (failurePolicy Fail).
+            self._wait_until(lambda called: not called, "the API server kept calling the removed webhook")
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 
 
 @pytest.fixture()
-def vt_kube(kube):
-    register_crd(kube)
-    return kube
+def admission_hook(kube, tmp_path):
+    with AdmissionHook(kube, tmp_path) as hook:
+        yield hook
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return bool(rep is not None and rep.failed)
 
 
 @pytest.fixture()
-def harness(vt_kube, redis_server, tmp_path, request):
-    h = Harness(vt_kube, redis_server.url, tmp_path)
+def harness(kube, chart_identity, redis_server, tmp_path, request):
+    h = Harness(kube, chart_identity, redis_server.url, tmp_path)
     yield h
     h.close()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        for i, intake in enumerate(h.intakes):
-            sys.stderr.write(f"\n----- intake {i} log -----\n{intake.log()[-6000:]}\n")
+    if _failed(request):
+        h.dump_logs()
 
 
 @pytest.fixture(scope="module")
-def shared_harness(redis_server, tmp_path_factory):
-    """One emulator, queue and intake for a whole module of tests that leave no trace on each
+def shared_harness(cluster, redis_server, tmp_path_factory, request):
+    """One namespace, queue and intake for a whole module of tests that leave no trace on each
     other (distinct lectures, metrics compared as deltas): process start-up is most of the
     cost of an intake test."""
-    from tests.standins.kube import running_emulator
-    with running_emulator() as kube:
-        register_crd(kube)
-        from tests.standins.kube_fixtures import write_kubeconfig
-        h = Harness(kube, redis_server.url, tmp_path_factory.mktemp("intake"))
+    from tests.cluster_fixtures import namespace_for
+
+    ns = namespace_for(request)
+    kube = KubeClient(cluster.server, cluster.ssl_context(), ns)
+    kube.ensure_namespace(ns, RESTRICTED)
+    workdir = tmp_path_factory.mktemp("intake")
+    h = Harness(kube, ChartIdentity(cluster, kube, workdir), redis_server.url, workdir)
+    try:
+        h.intake = h.start()
+        yield h
+    except BaseException:
+        h.dump_logs()
+        raise
+    finally:
+        h.close()
         try:
-            # This one finds the API server through a kubeconfig (the others: LECTERN_KUBE_API_URL).
-            h.intake = h.start(kubeconfig=write_kubeconfig(h.workdir / "kubeconfig", kube.url))
-            yield h
-        except BaseException:
-            for intake in h.intakes:
-                sys.stderr.write(f"\n----- intake log -----\n{intake.log()[-6000:]}\n")
-            raise
-        finally:
-            h.close()
+            kube.delete("namespaces", ns)
+        except Exception:  # noqa: BLE001 - teardown
+            pass
 
 
 @pytest.fixture()
@@ -358,14 +489,13 @@ def own_redis(tmp_path):
 
 
 @pytest.fixture()
-def restart_harness(vt_kube, own_redis, tmp_path, request):
-    h = Harness(vt_kube, own_redis.url, tmp_path)
+def restart_harness(kube, chart_identity, own_redis, tmp_path, request):
+    h = Harness(kube, chart_identity, own_redis.url, tmp_path)
     h.redis = own_redis
     yield h
     h.close()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        for i, intake in enumerate(h.intakes):
-            sys.stderr.write(f"\n----- intake {i} log -----\n{intake.log()[-6000:]}\n")
+    if _failed(request):
+        h.dump_logs()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

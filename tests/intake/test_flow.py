@@ -1,6 +1,7 @@
 """The intake's job flow, end to end, against one shared intake process: the Node bullmq
-producer and QueueEvents listener as the API, the Kubernetes emulator with the test playing
-the operator (patching CR status). Each test uses its own lectures; metrics are deltas."""
+producer and QueueEvents listener as the API, the real API server (the intake logged in as
+the chart's intake ServiceAccount, RBAC enforced) with the test playing the operator (patching
+the CR's status subresource). Each test uses its own lectures; metrics are deltas."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.intake.conftest import NAMESPACE, lecture_data, wait_until
+from tests.intake.conftest import AdmissionHook, lecture_data, wait_until
 
 VIDEO_URL = "https://res.cloudinary.com/demo/video/upload/lectern/lectures/L/abc.mp4"
 
@@ -128,7 +129,7 @@ def test_invalid_payloads_fail_without_retry_and_create_nothing(flow):
 def test_deleted_transcode_fails_the_job(flow):
     job_id = flow.producer.add(lecture_data(lecture="cancelled"))
     name = flow.cr_for(job_id)["metadata"]["name"]
-    flow.kube.delete("videotranscodes", name, NAMESPACE)
+    flow.kube.delete("videotranscodes", name)
     failed = flow.events.wait(job_id, "failed")[0]
     assert failed["failedReason"] == f"VideoTranscode {name} was deleted before the transcode finished"
     assert flow.producer.job(job_id)["attemptsMade"] == 1
@@ -147,7 +148,7 @@ def test_newer_upload_supersedes_running_older_one(flow):
     failed = flow.events.wait(older, "failed")[0]
     assert failed["failedReason"] == ("superseded by a newer upload of lecture reup "
                                       f"(VideoTranscode {newer_cr['metadata']['name']})")
-    wait_until(lambda: flow.kube.get("videotranscodes", older_cr["metadata"]["name"], NAMESPACE) is None)
+    wait_until(lambda: flow.kube.get("videotranscodes", older_cr["metadata"]["name"]) is None)
     assert flow.producer.job(older)["attemptsMade"] == 1
     delta.wait('lectern_intake_jobs_failed_total{reason="superseded"}', 1)
     assert delta("lectern_intake_transcodes_superseded_total") == 1
@@ -167,7 +168,7 @@ def test_newer_upload_supersedes_running_older_one(flow):
     # A finished older transcode is history, not superseded.
     again = flow.producer.add(lecture_data(lecture="reup", n=3))
     flow.cr_for(again)
-    assert flow.kube.get("videotranscodes", newer_cr["metadata"]["name"], NAMESPACE) is not None
+    assert flow.kube.get("videotranscodes", newer_cr["metadata"]["name"]) is not None
     assert len(flow.transcodes("media.lectern.dev/lecture-id=reup")) == 3
 
 
@@ -201,8 +202,11 @@ def test_health_and_metrics_endpoints(flow):
         assert f'lectern_intake_jobs_failed_total{{reason="{reason}"}}' in m
 
 
-def test_create_conflict_adopts_what_another_replica_created(flow):
-    # Another replica created this job's CR between our read and our create: 409 -> adopt.
+def test_create_conflict_adopts_what_another_replica_created(flow, tmp_path):
+    # Another replica created this job's CR between our read and our create: 409 -> adopt. The
+    # race is made real with an admission webhook: while the API server admits the intake's
+    # create, the test creates the same CR (as the other replica would), then lets the intake's
+    # create through; the API server's storage answers it 409 AlreadyExists.
     from lectern_operator.intake import resources as res
     from lectern_operator.intake.payload import parse_payload
 
@@ -211,15 +215,25 @@ def test_create_conflict_adopts_what_another_replica_created(flow):
     job_id, ts = "raced-job-1", 1_700_000_000_000
     queue = f"bull:{flow.queue}"
     name = res.cr_name("raced", job_id, ts, queue)
-    body = res.cr_body(parse_payload(data, ["res.cloudinary.com"]), name=name, namespace=NAMESPACE,
+    body = res.cr_body(parse_payload(data, ["res.cloudinary.com"]), name=name, namespace=flow.namespace,
                        job_id=job_id, job_timestamp=ts, queue=queue)
-    flow.kube.create(body)
-    flow.kube[f"get /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes/{name}"][:1] << 404
-    assert flow.producer.add(data, {"jobId": job_id, "timestamp": ts}) == job_id
-    flow.events.wait(job_id, "active")
+    raced = []
+
+    def decide(request):
+        if hook.user(request) == intake_user and request["name"] == name and not raced:
+            raced.append(flow.kube.create(body))  # the other replica wins the race
+        return None
+
+    intake_user = f"system:serviceaccount:{flow.namespace}:{flow.identity.service_account('intake')}"
+    with AdmissionHook(flow.kube, tmp_path) as hook:
+        hook.decide = decide
+        assert flow.producer.add(data, {"jobId": job_id, "timestamp": ts}) == job_id
+        flow.events.wait(job_id, "active")
+        wait_until(lambda: raced, 15, 0.05, "the intake's create reached the API server")
     flow.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
     assert flow.events.wait(job_id, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
-    assert len(flow.transcodes("media.lectern.dev/lecture-id=raced")) == 1
+    assert [c["metadata"]["uid"] for c in flow.transcodes("media.lectern.dev/lecture-id=raced")] == \
+        [raced[0]["metadata"]["uid"]]
     assert delta("lectern_intake_transcodes_adopted_total") == 1
     assert delta("lectern_intake_transcodes_created_total") == 0
     assert f"VideoTranscode {name} was created meanwhile" in flow.intake.log()

@@ -1,15 +1,13 @@
 """The intake's life cycle, each test with its own intake process(es): kill -9, SIGTERM, Redis
-outages, API server errors, lock renewal. Node bullmq producer + QueueEvents as the API, the
-Kubernetes emulator with the test playing the operator."""
+outages, API server errors, a revoked token, lock renewal. Node bullmq producer + QueueEvents as
+the API, the real API server (the intake logged in as the chart's intake ServiceAccount) with
+the test playing the operator."""
 
 from __future__ import annotations
 
-import threading
 import time
 
-import kmock
-
-from tests.intake.conftest import NAMESPACE, lecture_data, wait_until
+from tests.intake.conftest import lecture_data, wait_until
 
 VIDEO_URL = "https://res.cloudinary.com/demo/video/upload/lectern/lectures/L/abc.mp4"
 
@@ -145,28 +143,34 @@ def test_redis_outages_at_start_and_with_jobs_in_flight(restart_harness):
     wait_until(lambda: intake.health()[0] == 200, 15, 0.2, "ready again")
 
 
-CREATE = f"post /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes"
-WATCH = f"get /apis/media.lectern.dev/v1alpha1/namespaces/{NAMESPACE}/videotranscodes"
+def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness, admission_hook):
+    # The real API server refuses the intake's creates with 503 where the test's admission
+    # webhook says so (the status an overloaded or restarting API server answers).
+    hook = admission_hook
+    intake = harness.start(intake_kube_retry_seconds=2, watch_timeout_seconds=3)
+    refused: dict[str, int] = {}
 
+    def decide(request):
+        lecture = hook.lecture(request)
+        if lecture == "down" or (lecture == "blip" and refused.get("blip", 0) < 2):
+            refused[lecture] = refused.get(lecture, 0) + 1
+            return 503, "etcd leader changed"
+        return None
+    hook.decide = decide
 
-def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
-    intake = harness.start(intake_kube_retry_seconds=2)
     # A short outage: the intake retries by itself, the job never notices.
-    harness.kube[CREATE][:2] << 503
     ok = harness.producer.add(lecture_data(lecture="blip"))
     name = harness.cr_for(ok, timeout=20)["metadata"]["name"]
+    assert refused["blip"] == 2
     harness.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
     harness.events.wait(ok, "completed")
     assert len(harness.events.of(ok, "active")) == 1
 
     # A long one: each attempt gives up after the retry budget; BullMQ's attempts retry it.
-    outage = threading.Event()
-    outage.set()
-    harness.kube[CREATE, lambda: outage.is_set()] << 503
     bad = harness.producer.add(lecture_data(lecture="down"), {"attempts": 2, "backoff": 100})
     failed = harness.events.wait(bad, "failed", timeout=30)[0]
     assert failed["failedReason"].startswith("create VideoTranscode vt-down-"), failed
-    assert "HTTP 503" in failed["failedReason"]
+    assert "HTTP 503" in failed["failedReason"] and "etcd leader changed" in failed["failedReason"], failed
     job = harness.producer.job(bad)
     assert job["state"] == "failed" and job["attemptsMade"] == 2
     assert len(harness.events.of(bad, "active")) == 2
@@ -174,13 +178,16 @@ def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
     m = intake.metrics()
     assert m["lectern_intake_kube_errors_total"] >= 5
     assert m['lectern_intake_jobs_failed_total{reason="error"}'] == 2
+    hook.decide = lambda request: None
 
-    outage.clear()
-
-    # The shared watch breaks for good: jobs fall back to re-reading their CR directly.
-    harness.kube[WATCH, kmock.params(watch="true")] << 500
-    harness.kube.close_watches()
-    wait_until(lambda: intake.health()[1].get("kubernetes") == "watch not synced", 10, 0.1, "watch down")
+    # The shared watch breaks for good (its Role loses `watch`; the open watch ends after its
+    # 3 s timeout and is refused 403 from then on): jobs fall back to re-reading their CR.
+    role = harness.identity.service_account("intake")
+    rules = harness.kube.get("roles", role)["rules"]
+    for rule in rules:
+        rule["verbs"] = [v for v in rule["verbs"] if v != "watch"]
+    harness.kube.patch("roles", role, {"rules": rules})
+    wait_until(lambda: intake.health()[1].get("kubernetes") == "watch not synced", 15, 0.1, "watch down")
     blind = harness.producer.add(lecture_data(lecture="blind"))
     name = harness.cr_for(blind)["metadata"]["name"]
     harness.set_status(name, phase="Running", progress=50)
@@ -188,6 +195,72 @@ def test_api_server_errors_are_retried_then_left_to_bullmq_attempts(harness):
     harness.set_status(name, phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
     harness.events.wait(blind, "completed", timeout=15)
     assert harness.events.progress(blind) == [50, 100]
+    assert intake.health()[1].get("kubernetes") == "watch not synced"
+    assert "403" in intake.log()
+
+
+def test_intake_logs_in_again_after_its_token_is_revoked(harness, chart_identity, tmp_path):
+    # A kubeconfig with `tokenFile` (as a projected ServiceAccount token is): the token is bound
+    # to a Secret, so deleting the Secret revokes it (401); a fresh token written to the file is
+    # picked up by Kube.relogin on the next 401, for requests and for the watch.
+    kube = harness.kube
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "intake-login"},
+                 "type": "Opaque", "data": {}})
+    token_file = tmp_path / "intake-token"
+
+    def write_token(token: str) -> None:
+        tmp = token_file.with_suffix(".tmp")
+        tmp.write_text(token)
+        tmp.replace(token_file)  # the intake never reads half a token
+
+    write_token(chart_identity.token("intake", bound_secret="intake-login"))
+    kubeconfig = chart_identity.kubeconfig("intake", token_file=token_file)
+    intake = harness.start(kubeconfig=kubeconfig, intake_kube_retry_seconds=30, watch_timeout_seconds=3)
+    before = harness.producer.add(lecture_data(lecture="pre-revoke"))
+    before_cr = harness.cr_for(before)["metadata"]["name"]
+    harness.set_status(before_cr, phase="Running", progress=20)
+    harness.events.wait(before, "progress")
+
+    kube.delete("secrets", "intake-login")
+    wait_until(lambda: _status_with(chart_identity, token_file.read_text()) == 401, 20, 0.2, "the token refused")
+    errors = intake.metrics()["lectern_intake_kube_errors_total"]
+    during = harness.producer.add(lecture_data(lecture="during-revoke"))
+    wait_until(lambda: intake.metrics()["lectern_intake_kube_errors_total"] > errors, 15, 0.1,
+               "the intake refused (401)")
+    assert not harness.transcodes("media.lectern.dev/lecture-id=during-revoke")
+    harness.set_status(before_cr, phase="Running", progress=40)
+
+    write_token(chart_identity.token("intake"))
+    during_cr = harness.cr_for(during, timeout=30)["metadata"]["name"]  # created with the new token
+    harness.events.wait(before, "progress", count=2, timeout=5)
+    after = harness.producer.add(lecture_data(lecture="post-revoke"))
+    after_cr = harness.cr_for(after, timeout=5)["metadata"]["name"]
+    wait_until(lambda: intake.health()[0] == 200 and intake.health()[1].get("kubernetes") == "ok", 20, 0.2,
+               "the watch back")
+    for j, name in ((before, before_cr), (during, during_cr), (after, after_cr)):
+        harness.set_status(name, phase="Succeeded", progress=100, videoUrl=f"{VIDEO_URL}?{j}")
+    for j in (before, during, after):  # promptly: the shared watch follows them again
+        assert harness.events.wait(j, "completed", timeout=5)[0]["returnvalue"]["videoUrl"] == f"{VIDEO_URL}?{j}"
+        assert harness.events.of(j, "failed") == []
+    assert harness.events.progress(before) == [20, 40, 100]
+    assert len(harness.transcodes()) == 3
+    assert intake.proc.poll() is None
+
+
+def _status_with(identity, token: str) -> int:
+    """The HTTP status the API server answers a list of VideoTranscodes with this bearer token."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(identity.cluster.ca))
+    req = urllib.request.Request(identity.kube.server + identity.kube.path("vt"),
+                                 headers={"Authorization": f"Bearer {token.strip()}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_two_replicas_share_the_queue_and_cover_for_each_other(harness):
