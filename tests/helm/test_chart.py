@@ -264,7 +264,6 @@ def test_every_setting_is_set_by_the_chart(render):
         "LECTERN_INTAKE_NAMESPACE",  # only set when given (default: the first watched namespace)
         "LECTERN_PEERING_NAME",  # only set with more than one replica (else LECTERN_STANDALONE=true)
         "LECTERN_PEERING_PRIORITY",  # each replica draws a random one unless pinned (equal priorities freeze kopf)
-        "LECTERN_KUBE_API_URL",  # in-cluster: the service-account config (tests: the emulator)
     }
     fields = {f"LECTERN_{name.upper()}" for name in settings_class().model_fields}
     plain, refs = container_env(render("defaults"), "-operator")
