@@ -34,7 +34,8 @@ def accept_video_url(url: object, cloud: str, expected_public_id: str, *, extens
                      host: str = CLOUDINARY_HOST, resource_type: str = "video",
                      insecure_loopback: frozenset[tuple[str, int]] = frozenset()) -> str:
     """`url` if it is `https://<host>/<cloud>/<resource_type>/upload/[v<version>/]<expected_public_id>.<ext>`
-    (ext in `extensions`), else raise Untrusted. `insecure_loopback` is the tests' escape for
+    (ext in `extensions`; none when `extensions` is empty, as for raw resources such as
+    `<folder>/master.m3u8`), else raise Untrusted. `insecure_loopback` is the tests' escape for
     the local Cloudinary emulator, as in urlpolicy."""
     if not isinstance(url, str) or not url:
         raise Untrusted("the transcoder reported no video URL")
@@ -49,11 +50,12 @@ def accept_video_url(url: object, cloud: str, expected_public_id: str, *, extens
     if "?" in parsed.path or "#" in url:
         raise Untrusted("the reported video URL carries a query or fragment")
     exts = "|".join(re.escape(e) for e in extensions)
+    suffix = rf"\.(?:{exts})" if extensions else ""  # raw resources keep the extension in the public id
     pattern = (rf"/{re.escape(cloud)}/{re.escape(resource_type)}/upload/{_VERSION}"
-               rf"{re.escape(expected_public_id.strip('/'))}\.(?:{exts})")
+               rf"{re.escape(expected_public_id.strip('/'))}{suffix}")
     if not re.fullmatch(pattern, parsed.path):
         raise Untrusted(f"the reported video URL is not this transcode's upload "
-                        f"({cloud}/{resource_type}/upload/.../{expected_public_id}.{extensions[0]} expected)")
+                        f"({cloud}/{resource_type}/upload/.../{expected_public_id} expected)")
     return url
 
 

@@ -96,3 +96,11 @@ def test_an_ffmpeg_killed_for_memory_fails_the_job_without_retries():
     fail_codes = {c for r in rules if r["action"] == "FailJob" for c in r.get("onExitCodes", {}).get("values", [])}
     assert {65, 71} <= fail_codes
     assert 75 not in fail_codes and 137 not in fail_codes  # transient and node-lost pods are retried
+
+
+def test_raw_resources_such_as_the_hls_master():
+    pid = "lectern/lectures/l1/0123456789ab/hls/master.m3u8"
+    url = f"https://res.cloudinary.com/acme/raw/upload/v3/{pid}"
+    assert accept_video_url(url, CLOUD, pid, extensions=(), resource_type="raw") == url
+    with pytest.raises(Untrusted):
+        accept_video_url(url + ".mp4", CLOUD, pid, extensions=(), resource_type="raw")
