@@ -164,6 +164,10 @@ class Kube:
         self.pool_size = pool_size
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        # Calls and watches in flight per session: a session replaced by a new login is closed
+        # only once its last stream ends (closing it under an open watch hangs the watch).
+        self._inflight: dict[aiohttp.ClientSession, int] = {}
+        self._retired: set[aiohttp.ClientSession] = set()
         self._login_lock = asyncio.Lock()
         self.logins = 0
 
@@ -195,33 +199,56 @@ class Kube:
             if self._session is not stale:
                 return  # another call already logged in again
             self.credentials = None
-            if stale is not None:
-                await stale.close()
             self._session = None
+            if stale is not None:
+                self._retired.add(stale)
+                await self._release(stale, 0)
+
+    def _acquire(self, session: aiohttp.ClientSession) -> None:
+        self._inflight[session] = self._inflight.get(session, 0) + 1
+
+    async def _release(self, session: aiohttp.ClientSession, count: int = 1) -> None:
+        left = self._inflight.get(session, 0) - count
+        if left > 0:
+            self._inflight[session] = left
+            return
+        self._inflight.pop(session, None)
+        if session in self._retired:
+            self._retired.discard(session)
+            await session.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in [self._session, *self._retired]:
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._retired.clear()
+        self._inflight.clear()
 
     async def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                       content_type: str = "application/json") -> Any:
         for attempt in (1, 2):
             session = await self._get_session()
             headers = {"Content-Type": content_type} if json is not None else None
+            refused = False
+            self._acquire(session)
             try:
                 async with session.request(method, self._creds().server + path, json=json, params=params,
                                            headers=headers) as resp:
                     if resp.status == 401 and attempt == 1:
-                        await self.relogin(session)
-                        continue
-                    if resp.status >= 400:
+                        refused = True  # read the credentials again and retry once
+                    elif resp.status >= 400:
                         raise _error(resp.status, await resp.text())
-                    if resp.content_type == "application/json":
+                    elif resp.content_type == "application/json":
                         return await resp.json()
-                    return await resp.text()
+                    else:
+                        return await resp.text()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 raise KubeError(0, f"{method} {path}: Kubernetes API unreachable ({type(exc).__name__}: {exc})") from exc
+            finally:
+                await self._release(session)
+            if refused:
+                await self.relogin(session)
         raise AssertionError("unreachable")
 
     async def get(self, path: str) -> dict[str, Any] | None:
@@ -281,11 +308,13 @@ class Kube:
         if resource_version:
             params["resourceVersion"] = resource_version
         session = await self._get_session()
+        self._acquire(session)
         try:
             resp = await session.get(self._creds().server + path, params=params,
                                      timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                                                    sock_read=timeout_seconds + 30))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            await self._release(session)
             raise KubeError(0, f"watch {path}: Kubernetes API unreachable ({type(exc).__name__}: {exc})") from exc
         try:
             if resp.status == 401:
@@ -309,6 +338,7 @@ class Kube:
                 yield event["type"], event["object"] or {}
         finally:
             resp.release()
+            await self._release(session)
 
     # -- paths ---------------------------------------------------------------------------
 

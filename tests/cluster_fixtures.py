@@ -25,6 +25,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import pytest
 
 from hack.cluster import LocalCluster, grant_traverse
-from tests.kube_client import KubeClient
+from tests.kube_client import ApiError, KubeClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_IMAGE = "lectern.test/fake-transcoder"
@@ -88,7 +89,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fake_transcoder: FakeTrans
         for crd in sorted((ROOT / "crds").glob("*.yaml")):
             for created in admin.apply_yaml(crd):
                 admin.wait_for("crd", created["metadata"]["name"], predicate=_established, timeout=30)
+        _wait_served(admin)
         yield c
+
+
+def _wait_served(admin: KubeClient, timeout: float = 30) -> None:
+    """Established is not yet served: the first requests may get 429 "storage is (re)initializing"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list("vt", "default")
+            return
+        except ApiError as exc:
+            if exc.code != 429 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _established(crd: dict | None) -> bool:
@@ -162,17 +177,21 @@ class ChartIdentity:
 
     RELEASE = "lectern"
 
-    def __init__(self, cluster: LocalCluster, kube: KubeClient, workdir: Path) -> None:
+    def __init__(self, cluster: LocalCluster, kube: KubeClient, workdir: Path, *,
+                 values: tuple[str, ...] = (), templates: tuple[str, ...] = ()) -> None:
+        """`values`: extra `--set` items (e.g. "operator.replicas=2" for peering's RBAC);
+        `templates`: extra templates to render and apply (e.g. "templates/peering.yaml")."""
         from hack.tools import helm_path
 
         self.cluster, self.kube, self.workdir = cluster, kube, workdir
         ns = kube.namespace
+        extra = [a for v in values for a in ("--set", v)] + [a for t in templates for a in ("--show-only", t)]
         proc = subprocess.run(
             [str(helm_path()), "template", self.RELEASE, str(ROOT / "helm" / "lectern"), "--namespace", ns,
              "--set", f"watchNamespaces={{{ns}}}", "--set", "redis.existingSecret=lectern-redis",
              "--set", "mongo.existingSecret=lectern-mongo", "--set", "cloudinary.existingSecret=lectern-cloudinary",
              "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/rbac.yaml",
-             "--show-only", "templates/transcoder-rbac.yaml"],
+             "--show-only", "templates/transcoder-rbac.yaml", *extra],
             capture_output=True, text=True, env=kubectl_env(cluster, workdir), timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"helm template failed: {proc.stderr}")
