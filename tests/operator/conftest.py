@@ -1,5 +1,11 @@
-"""Harness for operator tests: the operator runs in the test's event loop (kopf.operator),
-against the API-server emulator, real Redis and FerretDB; tight settings keep tests fast."""
+"""Harness for operator tests on the real local cluster (tests/cluster_fixtures.py).
+
+The operator runs in-process (its own thread and event loop) and logs in the normal way,
+through `$KUBECONFIG`, as the chart's operator ServiceAccount: RBAC is exactly what the chart
+grants (`chart_identity`). The real Job controller makes the pods, the scheduler binds them,
+the node agent runs them: the image is the fake transcoder (tests/fake_transcoder.py), whose
+behaviour per lectureId is scripted with `plan(...)`; Mongo is FerretDB, Redis is redis-server.
+Nothing here writes a Job's or a pod's status by hand."""
 
 from __future__ import annotations
 
@@ -15,31 +21,65 @@ import pymongo
 import pytest
 import redis.asyncio as aioredis
 
-from lectern_operator.api import crd as crdgen, v1alpha1 as api
+from lectern_operator.api import v1alpha1 as api
 from lectern_operator.main import run
 from lectern_operator.settings import Settings
+from tests.cluster_fixtures import FAKE_IMAGE, ChartIdentity
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = "lectern"
+RAW = "https://res.cloudinary.com/demo/video/upload/{}.mov"
+LONG = 600  # "hang" of a pod that runs until the test ends it (evicts/deletes it)
 
 
-def test_id(request) -> str:
+def tid_of(request) -> str:
     return re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40].strip("_")
 
 
+def cloudinary_secret(kube) -> None:
+    if kube.get("secrets", "lectern-cloudinary") is None:
+        kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lectern-cloudinary"},
+                     "stringData": {"CLOUDINARY_URL": "cloudinary://key:secret@demo"}})
+
+
 @pytest.fixture
-def op_settings(kube, redis_server, mongo_server, request) -> Settings:
-    kube.register_crd(ROOT / "crds" / crdgen.FILE_NAME)
-    kube.ensure_namespace(NS)
-    tid = test_id(request)
+def chart_values() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(extra `--set` values, extra templates) of the chart rendered for the test; a test
+    overrides it with `@pytest.mark.parametrize("chart_values", [...])` (peering: replicas=2)."""
+    return (), ()
+
+
+@pytest.fixture
+def operator_identity(cluster, kube, tmp_path, chart_values) -> ChartIdentity:
+    """The chart's ServiceAccounts and RBAC (`helm template`) applied in the test namespace."""
+    values, templates = chart_values
+    return ChartIdentity(cluster, kube, tmp_path, values=values, templates=templates)
+
+
+@pytest.fixture
+def operator_login(operator_identity, monkeypatch) -> Path:
+    """KUBECONFIG = a kubeconfig of the chart's operator ServiceAccount (TokenRequest token)."""
+    path = operator_identity.kubeconfig("operator")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    return path
+
+
+@pytest.fixture
+def op_settings(kube, operator_login, redis_server, mongo_server, request) -> Settings:
+    tid = tid_of(request)
+    cloudinary_secret(kube)
     return Settings(
-        kube_api_url=kube.url, namespaces=NS, standalone=True,
+        namespaces=kube.namespace, standalone=True,
         mongo_url=mongo_server.url, mongo_db="lectern_optest", mongo_collection=f"lectures_{tid}",
         mongo_timeout_ms=400, lecture_retry_initial_seconds=0.3, lecture_retry_max_seconds=1,
-        redis_url=redis_server.url, notifications_channel=f"notifications:{tid}",
-        notifications_stream=f"notifications:stream:{tid}",
-        max_concurrent=2, reconcile_interval_seconds=0.2, admit_interval_seconds=1,
-        progress_notify_interval_seconds=0.2, watch_timeout_seconds=10, metrics_port=0, health_port=0,
+        redis_url=redis_server.url, notifications_channel=f"notifications:{tid}:{kube.namespace}",
+        notifications_stream=f"notifications:stream:{tid}:{kube.namespace}",
+        max_concurrent=2, reconcile_interval_seconds=0.3, admit_interval_seconds=1,
+        progress_notify_interval_seconds=0.2, watch_timeout_seconds=30, metrics_port=0, health_port=0,
+        transcoder_image=FAKE_IMAGE, transcoder_service_account="lectern-transcoder",
+        transcoder_cpu_request="50m", transcoder_cpu_limit="500m",
+        transcoder_memory_request="128Mi", transcoder_memory_limit="256Mi",
     )
 
 
@@ -67,7 +107,7 @@ class Operator:
         self.stop_flag, ready = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._main, args=(ready,), name=f"operator-{self.starts}", daemon=True)
         self.thread.start()
-        assert await asyncio.to_thread(ready.wait, 15), "the operator did not become ready"
+        assert await asyncio.to_thread(ready.wait, 30), "the operator did not become ready"
         if self.error:
             raise self.error
         self.starts += 1
@@ -105,31 +145,18 @@ async def operator(operator_factory):
     return await operator_factory()
 
 
-def fake_pod(kube, cr_name: str, job: dict, index: int, phase: str = "Running", exit_code: int | None = None,
-             message: str | None = None, conditions: list[dict] | None = None) -> dict:
-    """A pod of `job` as the Job controller + kubelet would leave it (for tests without a kubelet)."""
-    name = f"{job['metadata']['name']}-{index}"
-    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "namespace": NS, "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
-        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
-                             "uid": job["metadata"]["uid"], "controller": True}]},
-        "spec": job["spec"]["template"]["spec"]})
-    state: dict[str, Any] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-    if exit_code is not None:
-        state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                                "message": message or ""}}
-    status = {"phase": phase, "startTime": f"2026-01-01T00:00:{index:02d}Z", "conditions": conditions or [],
-              "containerStatuses": [{"name": "transcoder", "state": state, "ready": phase == "Running",
-                                     "restartCount": 0, "image": "x", "imageID": "", "started": phase == "Running"}]}
-    return kube.patch("pods", name, {"status": status}, NS, subresource="status")
+@pytest.fixture
+def plan(fake_transcoder):
+    """plan(lecture_id, progress=[..], interval=, hang=, exit=, reason=) for the fake transcoder
+    pods of this test (read when a container starts: rewriting it changes the next attempt)."""
+    written: list[Path] = []
 
-
-def finish_job(kube, job_name: str, ok: bool = True, reason: str = "BackoffLimitExceeded", message: str = "",
-               failed: int = 1) -> None:
-    cond = [{"type": "Complete" if ok else "Failed", "status": "True",
-             "reason": "Completed" if ok else reason, "message": message}]
-    kube.patch("jobs", job_name, {"status": {"conditions": cond, "succeeded": 1 if ok else 0,
-                                             "failed": 0 if ok else failed, "active": 0}}, NS, subresource="status")
+    def write(lecture_id: str, **behaviour: Any) -> None:
+        fake_transcoder.plan(lecture_id, **behaviour)
+        written.append(fake_transcoder.folder / f"{lecture_id}.json")
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -139,6 +166,10 @@ def lectures(op_settings, mongo_server):
     coll.delete_many({})
     yield coll
     client.close()
+
+
+def lecture(lectures, lid: str, status: str = "AWAITING_MEDIA", raw: str | None = None) -> None:
+    lectures.insert_one({"_id": lid, "status": status, "rawVideoUrl": raw or RAW.format(lid)})
 
 
 class Subscriber:
@@ -182,16 +213,24 @@ async def notifications(op_settings):
 
 
 def make_cr(name: str, lecture_id: str, raw: str | None = None, priority: int = 0, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": NS},
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
             "spec": {"lectureId": lecture_id, "instructorId": "inst-1",
-                     "rawVideoUrl": raw or f"https://res.cloudinary.com/demo/video/upload/{lecture_id}.mov",
-                     "priority": priority, **spec}}
+                     "rawVideoUrl": raw or RAW.format(lecture_id), "priority": priority, **spec}}
 
 
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+async def never(predicate, within: float = 1.5, interval: float = 0.1, what: str = "condition") -> None:
+    """A bounded watch: `predicate` (what would prove the test wrong) stays false for `within`."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        assert not await asyncio.to_thread(predicate), f"{what} happened"
+        await asyncio.sleep(interval)
+
+
+async def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """Poll a blocking predicate (API/Mongo reads) off the event loop until it holds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        value = predicate()
+        value = await asyncio.to_thread(predicate)
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
@@ -201,3 +240,48 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, w
 
 def phase_is(*phases: str):
     return lambda o: o is not None and (o.get("status") or {}).get("phase") in phases
+
+
+def status_of(kube, name: str) -> dict[str, Any]:
+    return (kube.get("vt", name) or {}).get("status") or {}
+
+
+def reasons(kube, name: str) -> list[str]:
+    return [e["reason"] for e in kube.events(kube.get("vt", name))]
+
+
+def pods_of_job(kube, job_name: str) -> list[dict]:
+    return sorted(kube.list("pods", labels=f"job-name={job_name}"), key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def running_pod(kube, job_name: str) -> dict | None:
+    """The Job's pod whose container runs (not being deleted)."""
+    for p in pods_of_job(kube, job_name):
+        cs = (p.get("status") or {}).get("containerStatuses") or []
+        if not p["metadata"].get("deletionTimestamp") and cs and "running" in (cs[0].get("state") or {}):
+            return p
+    return None
+
+
+async def release(kube, plan, name: str, lecture_id: str, **next_plan: Any) -> None:
+    """End a hanging attempt: the next attempt follows `next_plan` (default: succeed at once),
+    and the running pod is evicted (Eviction API: DisruptionTarget, the Job retries it without
+    spending its failure budget)."""
+    plan(lecture_id, **next_plan)
+    job = status_of(kube, name)["jobName"]
+    pod = await wait_until(lambda: running_pod(kube, job), what=f"a running pod of {job}")
+    await asyncio.to_thread(kube.evict, pod["metadata"]["name"])
+
+
+def exit_records(cluster, namespace: str) -> list[dict]:
+    """The node agent's record of every container exit in one namespace."""
+    path = cluster.node_workdir / "records.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if rec.get("namespace") == namespace:
+                out.append(rec)
+    return out
