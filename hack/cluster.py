@@ -85,7 +85,9 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds. (kube-apiserver stops listening at once
+        on SIGTERM but its process lingers for its termination grace; a restart need not wait.)"""
         if self.proc is None:
             return
         if self.proc.poll() is None:
