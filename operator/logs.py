@@ -15,7 +15,7 @@ from typing import Any
 
 from lectern_operator.settings import Settings
 
-QUIET = ("kubernetes_asyncio", "aiohttp", "asyncio", "urllib3")
+QUIET = ("aiohttp", "asyncio", "urllib3")
 
 
 class JsonFormatter(logging.Formatter):
