@@ -139,10 +139,21 @@ app.kubernetes.io/part-of: lectern
 {{- end -}}
 {{- end -}}
 
+{{/* The intake's health and metrics ports: its own when set, else the shared healthPort / metrics.port. */}}
+{{- define "lectern.intake.healthPort" -}}
+{{- default .Values.healthPort .Values.intake.healthPort | int -}}
+{{- end -}}
+{{- define "lectern.intake.metricsPort" -}}
+{{- default .Values.metrics.port .Values.intake.metricsPort | int -}}
+{{- end -}}
+
 {{/* Checks that cannot be expressed in values.schema.json. */}}
 {{- define "lectern.validate" -}}
 {{- if eq (int .Values.healthPort) (int .Values.metrics.port) -}}
 {{- fail "healthPort and metrics.port must differ" -}}
+{{- end -}}
+{{- if eq (include "lectern.intake.healthPort" .) (include "lectern.intake.metricsPort" .) -}}
+{{- fail "the intake's health and metrics ports must differ" -}}
 {{- end -}}
 {{- $_ := include "lectern.mongo.secretName" . -}}
 {{- $_ := include "lectern.redis.secretName" . -}}
