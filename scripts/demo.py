@@ -5,14 +5,16 @@ video goes from the platform API's queue to a READY Lecture with a small 720p st
     make demo [VIDEO=path/to/lecture.mp4]
 
 Every component runs as its own process (tests/e2e/stack.py, `LocalStack`): redis-server,
-MongoDB (FerretDB on SQLite), the Cloudinary emulator (https delivery on a throw-away CA), a local
-cluster (Kubernetes API-server emulator + kubelet/Job controller), `lectern-operator`,
-`lectern-intake`, and the real Node bullmq producer and QueueEvents listener the platform API
-uses. The Job's pod runs the real `lectern-transcode`. The demo does what the API does (upload
-the raw video, insert the Lecture, `queue.add`), shows the progress as the API, the cluster and
-MongoDB see it, then prints the Lecture, the output file (kept in demo-output/), raw vs output,
-the notifications and `kubectl get videotranscodes -o wide`. Everything else is torn down at
-the end, also on Ctrl-C, SIGTERM or a failure."""
+MongoDB (FerretDB on SQLite), the Cloudinary emulator (https delivery on a throw-away CA), a real
+Kubernetes v1.37.2 control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+built from their Go modules by hack/build.py) with our node agent as its one node, the chart
+installed with the real `helm` (the operator and the intake run as its Deployments' pods), and
+the real Node bullmq producer and QueueEvents listener the platform API uses. The Job's pod runs
+the real `lectern-transcode`. The demo shows `kubectl get nodes` and the release's pods, does
+what the API does (upload the raw video, insert the Lecture, `queue.add`), shows the progress as
+the API, the cluster and MongoDB see it, then prints the Lecture, the output file (kept in
+demo-output/), raw vs output, the notifications and `kubectl get videotranscodes -o wide`.
+Everything is torn down at the end, also on Ctrl-C, SIGTERM or a failure."""
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # `operator/` folder must never shadow the stdlib module.
 sys.path.append(str(ROOT))
 
-NS = "lectern"
+NS = "lectern"                  # the transcode namespace the chart watches
+RELEASE_NS = "lectern-system"   # the chart's release namespace (operator, intake)
 INSTRUCTOR = "instructor-42"
 T0 = time.monotonic()
 
@@ -95,15 +98,13 @@ def check_prerequisites() -> None:
 
 
 class Kubectl:
-    """The real kubectl (from the test extras) against the local cluster."""
+    """The real kubectl (hack/tools.py) against the local cluster, as its admin."""
 
-    def __init__(self, kubeconfig: str, home: Path) -> None:
+    def __init__(self, stack) -> None:
         from hack.tools import ensure_tools
-        from tests.standins.kube_fixtures import tool_env
 
         self.bin = str(ensure_tools()["kubectl"])
-        home.mkdir(parents=True, exist_ok=True)
-        self.env = tool_env(Path(kubeconfig), home)
+        self.env = stack.tool_env()
 
     def show(self, *args: str, indent: int = 2) -> None:
         say(f"$ kubectl {' '.join(args)}", indent)
@@ -164,10 +165,15 @@ def story(args: argparse.Namespace, stack, clip: Path, src: dict, tmp: Path) -> 
     from tests.e2e.stack import LectureWatch
 
     try:
-        kubectl: Kubectl | None = Kubectl(stack.cluster.kubeconfig, tmp / "kubectl-home")
+        kubectl: Kubectl | None = Kubectl(stack)
     except Exception as exc:  # noqa: BLE001 - the story goes on without it
         say(f"(kubectl is not available: {exc})", 2)
         kubectl = None
+    if kubectl:
+        print()
+        say("The cluster, as its admin sees it (the real kube-apiserver):")
+        kubectl.show("get", "nodes")
+        kubectl.show("get", "pods", "-n", RELEASE_NS, "-o", "wide")
 
     # 3. What the platform API does with an upload.
     lecture_id = str(ObjectId())
@@ -203,9 +209,9 @@ def story(args: argparse.Namespace, stack, clip: Path, src: dict, tmp: Path) -> 
     print()
     say("The VideoTranscode, as an operator sees it:")
     if kubectl:
-        kubectl.show("get", "videotranscodes", "-o", "wide")
+        kubectl.show("get", "videotranscodes", "-n", NS, "-o", "wide")
     else:
-        vt = stack.cluster.get("videotranscodes", vt_name, NS) or {}
+        vt = stack.transcode(vt_name) or {}
         print(f"{'':11}{vt_name}: {json.dumps((vt.get('status') or {}).get('phase'))}")
 
     if outcome["event"] != "completed" or doc.get("status") != "READY":
@@ -217,7 +223,7 @@ def story(args: argparse.Namespace, stack, clip: Path, src: dict, tmp: Path) -> 
     out_file = out_dir / f"{lecture_id}.mp4"
     out_file.write_bytes(stack.https_get(doc["videoUrl"]))  # what a student's player downloads
     out = probe(out_file)
-    vt = stack.cluster.get("videotranscodes", vt_name, NS) or {}
+    vt = stack.transcode(vt_name) or {}
     cost = (vt.get("status") or {}).get("cost") or {}
     cdn = stack.cloudinary.control.stats()
     print()
@@ -249,10 +255,10 @@ def follow(args: argparse.Namespace, stack, kubectl: Kubectl | None, watch, job_
         for job in {st.get("jobName")} - {None}:
             for pod in stack.recorder.pods_for(job):
                 name = pod["metadata"]["name"]
-                lines = stack.cluster.logs(name, NS).splitlines()
+                lines = stack.pod_log(pod).splitlines()
                 if name not in pod_lines:
                     pod_lines[name] = 0
-                    event("kubelet", f"pod {name} runs lectern-transcode")
+                    event("node", f"pod {name} runs lectern-transcode")
                 for line in lines[pod_lines[name]:]:
                     show_pod_line(line)
                 pod_lines[name] = max(pod_lines[name], len(lines))
@@ -268,14 +274,17 @@ def follow(args: argparse.Namespace, stack, kubectl: Kubectl | None, watch, job_
                 vt_name = items[0]["metadata"]["name"]
                 event("intake", f"VideoTranscode {vt_name} created (media.lectern.dev/v1alpha1)")
         if vt_name is not None:
-            st = (stack.cluster.get("videotranscodes", vt_name, NS) or {}).get("status") or {}
+            try:
+                st = (stack.transcode(vt_name) or {}).get("status") or {}
+            except OSError:  # a slow answer: the next pass asks again
+                pass
             if st.get("phase") and st["phase"] != phase:
                 phase = st["phase"]
                 job = f", Job {st['jobName']}" if st.get("jobName") and phase == "Running" else ""
                 event("operator", f"VideoTranscode phase {phase}{job}"
                       + (f": {st['message']}" if st.get("message") and phase != "Running" else ""))
                 if phase == "Running" and kubectl:
-                    kubectl.show("get", "videotranscodes", indent=12)
+                    kubectl.show("get", "videotranscodes", "-n", NS, indent=12)
             report = st.get("report") or {}
             if report.get("stage") and report["stage"] != stage:
                 stage = report["stage"]

@@ -1,5 +1,6 @@
 """`make demo` (scripts/demo.py): the whole pipeline on a short generated lecture, end to end, as
-a user runs it; and its one-line answer to a video that is not there."""
+a user runs it (the real control plane, the chart installed with helm); and its one-line answer
+to a video that is not there."""
 
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert out.is_file() and out.parent == out_dir and re.fullmatch(r"[0-9a-f]{24}\.mp4", out.name), out
     assert out.stat().st_size > 0
     assert "raw upload" in text and "smaller)" in text
-    # the real kubectl against the local stack
+    # the real kubectl against the real kube-apiserver: the node, the chart's two pods Running
+    assert re.search(r"^\s+lectern-node-\w+\s+Ready\s", text, re.M), text[:4000]
+    for component in ("operator", "intake"):
+        assert re.search(rf"^\s+lectern-{component}-\S+\s+1/1\s+Running\s", text, re.M), text[:4000]
     header = next((line for line in text.splitlines() if re.search(r"\bNAME\s+LECTURE\s+PHASE\s+PROGRESS\b", line)
                    and "VIDEO URL" in line), None)
     assert header, text[-3000:]

@@ -14,7 +14,8 @@ The invariants (the failure model of docs/architecture.md):
 * **one final notification**: exactly one `VIDEO_READY`/`VIDEO_FAILED` per finished lecture on
   pub/sub (when the subscriber was connected) and in `notifications:stream`;
 * **no leaked temp file**: every transcoder container that exited on its own (not SIGKILLed)
-  left its scratch volume empty, and the CDN holds no half-finished upload;
+  left its scratch volume empty (the node agent records what each container exit left in its
+  emptyDirs, `records.jsonl`), and the CDN holds no half-finished upload;
 * **Lecture never regressed**: the statuses it went through follow the state machine, and a
   transcode only ever wrote the Lecture for the raw upload it processed.
 """
@@ -118,7 +119,7 @@ class Invariants:
         self.names.append("one final notification")
 
     def no_leaked_temp_file(self) -> None:
-        left = [r for r in self.stack.cluster.leftovers() if r["files"] and r["exitCode"] != 137]
+        left = [r for r in self.stack.leftovers() if r["files"] and r["exitCode"] != 137]
         assert not left, f"temp files left in scratch volumes: {left}"
         stats = self.stack.cloudinary.control.stats()
         assert not stats.get("temp_files") and not stats.get("uploads_in_progress"), f"CDN leftovers: {stats}"
