@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,10 @@ class Agent:
         self.restart_backoff = float(args.restart_backoff)
         self.housekeeping = float(args.housekeeping)
         self.service_env = service_env(args.api_host, int(args.api_port))
-        self.cgroups = Cgroups(f"lectern-{args.node_name}" if args.node_name != "lectern-node" else "lectern-node")
+        # One cgroup parent per node *and* workdir: several clusters on one machine (two test
+        # sessions, a demo) must never sweep each other's pods at start-up.
+        digest = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
+        self.cgroups = Cgroups(f"lectern-{args.node_name}-{digest}")
         self.node = Node(api, self.node_name, self.workdir, int(args.kubelet_port))
         self.allocatable = self.node.capacity
         self.workers: dict[str, PodWorker] = {}

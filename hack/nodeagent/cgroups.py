@@ -1,5 +1,5 @@
 """Pod resource limits with cgroup v1, as the kubelet's cgroupfs driver sets them: one group per
-pod in the `cpu` and `memory` hierarchies (`<root>/lectern-node/<pod uid>`), CFS quota from
+pod in the `cpu` and `memory` hierarchies (`<root>/lectern-<node>-<workdir hash>/<pod uid>`), CFS quota from
 limits.cpu, shares from requests.cpu, a hard memory limit from limits.memory. The container's
 process joins the groups before it execs, so the kernel enforces the limits from its first
 instruction and the OOM killer acts inside the group as it would on a node."""

@@ -72,10 +72,15 @@ def setup_mounts(spec: dict) -> None:
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     mount(None, "/", MS_REC | MS_PRIVATE)
     targets = set()
-    for m in spec.get("mounts", []):
-        src, dst = m["source"], m["target"]
-        _ensure_target(dst, os.path.isdir(src))
-        mount(src, dst, MS_BIND | MS_REC)
+    mounts = spec.get("mounts", [])
+    # Every source is opened before anything is mounted: a volume at /tmp would otherwise hide
+    # the sources of the volumes after it when the node's workdir is under /tmp.
+    sources = [(os.open(m["source"], os.O_PATH), os.path.isdir(m["source"])) for m in mounts]
+    for m, (fd, is_dir) in zip(mounts, sources):
+        dst = m["target"]
+        _ensure_target(dst, is_dir)
+        mount(f"/proc/self/fd/{fd}", dst, MS_BIND | MS_REC)
+        os.close(fd)
         if m.get("readOnly"):
             mount(None, dst, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         targets.add(os.path.normpath(dst))

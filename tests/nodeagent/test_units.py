@@ -179,7 +179,9 @@ async def test_cpu_quota_holds_a_busy_loop_to_half_a_cpu(tmp_path):
         assert await proc.wait() == 0
         wall = time.monotonic() - start
         cpu = float((tmp_path / "log").read_text().split()[-1])
-        assert 0.35 < cpu / 1.5 < 0.62, (cpu, wall)
+        # The quota caps it at half a CPU; a loaded machine may give it less (no lower bound
+        # beyond "it ran": timing targets belong in benchmarks).
+        assert 0.05 < cpu / 1.5 < 0.62, (cpu, wall)
     finally:
         groups.remove(group)
         os.rmdir(groups.cpu_base)
