@@ -233,6 +233,13 @@ def story(args: argparse.Namespace, stack, clip: Path, src: dict, tmp: Path) -> 
     print(f"{'':11}transcode: {cost.get('cpuSeconds') or 0:.1f} CPU-s, {cost.get('speed') or 0:.2f}x realtime, "
           f"{cost.get('wallSeconds') or 0:.1f} s in the pod; CDN: {cdn['requests'].get('upload', 0)} upload and "
           f"{cdn['requests'].get('delivery', 0)} delivery requests, {mb(cdn['bytes_served'])} served")
+    if doc.get("hlsUrl"):
+        from demo_ladder import describe_ladder
+
+        print()
+        say("The adaptive-streaming ladder beside it (what hls.js plays, switching by bandwidth):")
+        for line in describe_ladder(doc["hlsUrl"], doc.get("posterUrl"), fetch=stack.https_get):
+            print(" " * 11 + line)
     shown = out_file.relative_to(ROOT) if out_file.is_relative_to(ROOT) else out_file
     print()
     say(f"Lecture {lecture_id} is READY; the output file: {shown} ({mb(out['size'])}, kept)")
