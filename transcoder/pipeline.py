@@ -237,35 +237,24 @@ def _deliver_local(out: Path, dest: Path) -> None:
 
 
 def _deliver_cloudinary(out: Path, public_id: str, tracker: ProgressTracker, on_retry=None, *,
-                        total: int | None = None, then=None) -> str:
+                        total: int | None = None, then=None) -> tuple[str, object]:
     """Upload in a worker thread: the SDK call blocks for minutes, and meanwhile the main
     thread keeps progress flowing and stays responsive to SIGTERM. `then` (the HLS set's
     upload) runs in the same thread afterwards; `total` is the bytes of both."""
     size = out.stat().st_size
     total = total or size
-    box: dict = {}
 
-    def work() -> None:
-        try:
-            box["result"] = upload.upload(out, public_id, on_bytes=lambda n: tracker.update(
-                n / total if total else None, bytes_uploaded=n), on_retry=on_retry)
-            if then is not None:
-                box["then"] = then()
-        except BaseException as exc:  # handed to the main thread
-            box["error"] = exc
+    def work() -> tuple[str, object]:
+        result = upload.upload(out, public_id, on_bytes=lambda n: tracker.update(
+            n / total if total else None, bytes_uploaded=n), on_retry=on_retry)
+        return result["secure_url"], (then() if then is not None else None)
 
-    thread = threading.Thread(target=work, name="cloudinary-upload", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.25)
-        tracker.update(None)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]["secure_url"], box.get("then")
+    return _run_in_thread(work, tracker)
 
 
 def _run_in_thread(fn, tracker: ProgressTracker):
-    """`fn()` in a worker thread, the main thread staying responsive to SIGTERM."""
+    """`fn()` in a worker thread, the main thread keeping progress flowing and staying
+    responsive to SIGTERM; its exception is raised here."""
     box: dict = {}
 
     def work() -> None:
