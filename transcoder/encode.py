@@ -251,6 +251,24 @@ class Processes:
 ProgressCallback = Callable[[float | None, float | None], None]
 
 
+def wait_for(procs: Processes, proc: subprocess.Popen, log: Path, src: Path, what: str) -> None:
+    """Wait for one ffmpeg; a failure raises as `_classify` says (input, transient or bug)."""
+    proc.wait()
+    if proc.returncode != 0:
+        raise _classify(proc.returncode, log.read_bytes(), src, what, procs)
+
+
+def run_with_progress(procs: Processes, argv: list[str], log: Path, src: Path, what: str,
+                      duration: float | None, on_progress: ProgressCallback | None) -> None:
+    """Run the ffmpeg that encodes (`-progress pipe:1`), relaying its progress as it goes."""
+    proc = procs.start(argv, log, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    for block in parse_progress(line.decode("ascii", "replace") for line in proc.stdout):
+        if on_progress:
+            on_progress(fraction_done(block, duration), speed_of(block))
+    wait_for(procs, proc, log, src, what)
+
+
 def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processes,
         on_progress: ProgressCallback | None = None) -> None:
     """Produce `dst` from `src` following the plan. Raises UnusableInput, Transient or a
@@ -260,21 +278,11 @@ def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processe
     audio_proc = None
     if pl.parallel_audio:
         audio_proc = procs.start(argv_audio(pl, p, src, audio_out), workdir / "audio.log")
-    main = procs.start(argv_main(pl, p, src, main_out), workdir / "video.log", stdout=subprocess.PIPE)
-    assert main.stdout is not None
-    for block in parse_progress(line.decode("ascii", "replace") for line in main.stdout):
-        if on_progress:
-            on_progress(fraction_done(block, p.duration), speed_of(block))
-    main.wait()
-    if main.returncode != 0:
-        raise _classify(main.returncode, (workdir / "video.log").read_bytes(), src, "ffmpeg", procs)
+    run_with_progress(procs, argv_main(pl, p, src, main_out), workdir / "video.log", src, "ffmpeg",
+                      p.duration, on_progress)
     if audio_proc is not None:
-        audio_proc.wait()
-        if audio_proc.returncode != 0:
-            raise _classify(audio_proc.returncode, (workdir / "audio.log").read_bytes(), src, "ffmpeg (audio)", procs)
-        mux = procs.start(argv_mux(main_out, audio_out, dst), workdir / "mux.log")
-        mux.wait()
-        if mux.returncode != 0:
-            raise _classify(mux.returncode, (workdir / "mux.log").read_bytes(), src, "ffmpeg (mux)", procs)
+        wait_for(procs, audio_proc, workdir / "audio.log", src, "ffmpeg (audio)")
+        wait_for(procs, procs.start(argv_mux(main_out, audio_out, dst), workdir / "mux.log"),
+                 workdir / "mux.log", src, "ffmpeg (mux)")
         os.unlink(main_out)
         os.unlink(audio_out)

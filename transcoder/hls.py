@@ -45,7 +45,6 @@ from pathlib import Path
 from lectern_transcoder import encode, ffsafe, profile
 from lectern_transcoder.errors import TranscodeError, UnusableInput
 from lectern_transcoder.probe import AudioStream, Probe
-from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
 
 MASTER = "master.m3u8"
 AUDIO = "audio"
@@ -186,27 +185,16 @@ def run(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, workdir: Path, procs
     audio_proc = None
     if lp.audio is not None:
         audio_proc = procs.start(argv_audio(lp, p, src, out_dir), workdir / "hls-audio.log")
-    main = procs.start(argv_ladder(lp, p, src, out_dir), workdir / "hls.log", stdout=subprocess.PIPE)
-    assert main.stdout is not None
-    for block in parse_progress(line.decode("ascii", "replace") for line in main.stdout):
-        if on_progress:
-            on_progress(fraction_done(block, p.duration), speed_of(block))
-    main.wait()
-    if main.returncode != 0:
-        raise encode._classify(main.returncode, (workdir / "hls.log").read_bytes(), src, "ffmpeg (ladder)", procs)
+    encode.run_with_progress(procs, argv_ladder(lp, p, src, out_dir), workdir / "hls.log", src, "ffmpeg (ladder)",
+                             p.duration, on_progress)
     if audio_proc is not None:
-        audio_proc.wait()
-        if audio_proc.returncode != 0:
-            raise encode._classify(audio_proc.returncode, (workdir / "hls-audio.log").read_bytes(), src,
-                                   "ffmpeg (audio rendition)", procs)
+        encode.wait_for(procs, audio_proc, workdir / "hls-audio.log", src, "ffmpeg (audio rendition)")
     shared = lp.shared
     if shared is not None and mp4_dst is not None:
         video = _media_file(out_dir, shared.name)
         audio = _media_file(out_dir, AUDIO) if lp.audio is not None else None
-        mux = procs.start(argv_mp4(video, audio, mp4_dst), workdir / "hls-mux.log")
-        mux.wait()
-        if mux.returncode != 0:
-            raise encode._classify(mux.returncode, (workdir / "hls-mux.log").read_bytes(), src, "ffmpeg (mp4 from rung)", procs)
+        encode.wait_for(procs, procs.start(argv_mp4(video, audio, mp4_dst), workdir / "hls-mux.log"),
+                        workdir / "hls-mux.log", src, "ffmpeg (mp4 from rung)")
         for f in (video, audio):
             if f is not None and f.parent != out_dir:
                 f.unlink(missing_ok=True)
