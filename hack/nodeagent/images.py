@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -104,7 +105,11 @@ def _map_to_venv(config: dict[str, Any], venv_bin: Path) -> dict[str, Any]:
             return [str(venv_bin / argv[0]), *argv[1:]]
         return list(argv)
 
-    return {**config, "env": env, "entrypoint": resolve(config["entrypoint"]), "cmd": resolve(config["cmd"])}
+    # Where the image's files really are: the venv, the Python it links to, the repo (editable install).
+    python_home = Path(os.path.realpath(venv_bin / "python")).parents[1]
+    paths = [str(venv_bin.parent), str(python_home), str(Path(__file__).resolve().parents[2])]
+    return {**config, "env": env, "entrypoint": resolve(config["entrypoint"]), "cmd": resolve(config["cmd"]),
+            "paths": paths}
 
 
 def images_from_dockerfiles(repo_root: str | Path, venv_bin: str | Path) -> dict[str, dict[str, Any]]:

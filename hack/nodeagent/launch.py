@@ -76,6 +76,10 @@ def setup_mounts(spec: dict) -> None:
     # Every source is opened before anything is mounted: a volume at /tmp would otherwise hide
     # the sources of the volumes after it when the node's workdir is under /tmp.
     sources = [(os.open(m["source"], os.O_PATH), os.path.isdir(m["source"])) for m in mounts]
+    # The image's own files are this machine's (the venv, the repo, Python): a volume mounted
+    # over a folder that holds them (an emptyDir at /tmp, with the clone under /tmp) would hide
+    # them, as no real image keeps its software under /tmp. They are bound back over it.
+    image = [(os.path.normpath(k), os.open(k, os.O_PATH)) for k in spec.get("imagePaths", []) if os.path.isdir(k)]
     for m, (fd, is_dir) in zip(mounts, sources):
         dst = m["target"]
         _ensure_target(dst, is_dir)
@@ -84,6 +88,13 @@ def setup_mounts(spec: dict) -> None:
         if m.get("readOnly"):
             mount(None, dst, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         targets.add(os.path.normpath(dst))
+    for path, fd in image:
+        if any(path.startswith(t.rstrip("/") + "/") for t in targets):
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
+            if spec.get("readOnlyRoot"):
+                mount(None, path, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
     if spec.get("readOnlyRoot"):
         for point, options in _mountinfo():
             if point in targets or any(point == k or point.startswith(k + "/") for k in KEEP_WRITABLE):

@@ -291,6 +291,7 @@ class PodWorker:
         spec = {"argv": argv, "env": env, "uid": ident.uid, "gid": ident.gid, "groups": ident.groups,
                 "workingDir": container.get("workingDir") or image.get("workingDir") or "/",
                 "mounts": mounts, "readOnlyRoot": bool(sc.get("readOnlyRootFilesystem")),
+                "imagePaths": list(image.get("paths") or []),
                 "noNewPrivs": sc.get("allowPrivilegeEscalation") is False,
                 "cgroups": self.group.procs_files if self.group else []}
         return spec, log_path, term
