@@ -180,10 +180,12 @@ class Api:
             return json.loads(raw) if raw else None
 
     async def call_retry(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
-                         headers: dict | None = None, errors: list | None = None, give_up: float = 60.0) -> Any:
+                         headers: dict | None = None, errors: list | None = None, give_up: float = 60.0,
+                         also: tuple[int, ...] = ()) -> Any:
         """`call`, retried as a kubelet (and the transcoder's reporter) would: on 403 (the Node
         authorizer learns a pod's binding from its own informer, a moment after the scheduler),
-        429, 5xx and connection errors, for up to `give_up` seconds; each retry is recorded."""
+        429, 5xx, the codes in `also` and connection errors, for up to `give_up` seconds; each
+        retry is recorded."""
         deadline = time.monotonic() + give_up
         delay = 0.2
         while True:
@@ -191,7 +193,7 @@ class Api:
                 return await self.call(method, path, body, ctype, headers)
             except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 code = getattr(exc, "code", 0)
-                if isinstance(exc, ApiError) and code not in (403, 429) and code < 500:
+                if isinstance(exc, ApiError) and code not in (403, 429, *also) and code < 500:
                     raise
                 if errors is not None:
                     errors.append(f"retried {method} {path.rsplit('/', 2)[-2:]}: {str(exc)[:160]}")
@@ -385,7 +387,7 @@ class Node:
                 "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
                                        "containerID": cid, "ready": True, "started": True, "restartCount": 0,
                                        "state": {"running": {"startedAt": started}}}]}}, ctype=smp)
-            tok = await self.api.call_retry("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{spec['serviceAccountName']}/token", errors=self.retries, body={
+            tok = await self.api.call_retry("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{spec['serviceAccountName']}/token", errors=self.retries, also=(404,), body={
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"expirationSeconds": 3600,
                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}}})
@@ -625,6 +627,8 @@ async def drive(args, cluster: LocalCluster, identity: ChartIdentity, op_env: di
         say(f"created in {result['create_seconds']:.1f} s; waiting for all to finish (timeout {args.timeout:g} s)")
 
         rss_peak_sampled = 0.0
+        rss_series: list[tuple[float, float, int, int]] = []   # (t, VmRSS MB, succeeded, running)
+        result["rss_series"] = rss_series
         last_say = time.monotonic()
         deadline = t0 + args.timeout
         while not stats.all_done.is_set() and time.monotonic() < deadline:
@@ -634,7 +638,9 @@ async def drive(args, cluster: LocalCluster, identity: ChartIdentity, op_env: di
                 pass
             if op.poll() is not None:
                 raise RuntimeError(f"lectern-operator exited with {op.returncode} mid-run:\n{op_log.read_text()[-3000:]}")
-            rss_peak_sampled = max(rss_peak_sampled, proc_mem_mb(op.pid)["VmRSS"])
+            rss_now = proc_mem_mb(op.pid)["VmRSS"]
+            rss_peak_sampled = max(rss_peak_sampled, rss_now)
+            rss_series.append((round(time.monotonic() - t0, 1), round(rss_now, 1), len(stats.t_succeeded), stats.running))
             if time.monotonic() - last_say > 15:
                 last_say = time.monotonic()
                 say(f"t={time.monotonic() - t0:.0f}s succeeded {len(stats.t_succeeded)}/{args.count}, running "
@@ -669,6 +675,11 @@ async def drive(args, cluster: LocalCluster, identity: ChartIdentity, op_env: di
                 rows.append({"verb": key[0], "resource": key[1] + (f"/{key[2]}" if key[2] else ""), "count": int(n),
                              "mean_ms": round(1000 * (dsum - b[1]) / c, 1) if c else None})
         result["api_requests"] = sorted(rows, key=lambda r: -r["count"])
+        # How big one CR is as the operator receives it (kopf keeps every object's body).
+        sample = await admin.call("GET", f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}/vt-00000")
+        managed = sample["metadata"].get("managedFields") or []
+        result["cr_bytes"] = {"whole": len(json.dumps(sample)), "managedFields": len(json.dumps(managed)),
+                              "annotations": len(json.dumps(sample["metadata"].get("annotations") or {}))}
         result["node_errors"] = node.errors
         result["node_retries"] = node.retries
     finally:
@@ -718,6 +729,23 @@ def analyse(args, stats: Stats, result: dict, coll) -> dict:
         minute = int((r["sent"] - t0) // 60)
         by_window[f"{minute * 60}-{minute * 60 + 60}s"].append(lag)
     expected_reports = args.count * len(stats.values)
+    # Progress notifications wait for the once-only VIDEO_PROCESSING (sent by the first reconcile
+    # tick after the Lecture write): how late it was, and how many missing reports were already
+    # overwritten (by the next report, or the final one) when it went out.
+    proc_t: dict[str, float] = {}
+    for t, m in stats.notes:
+        if m.get("type") == "VIDEO_PROCESSING":
+            proc_t.setdefault(m["lectureId"], t)
+    processing_delay = [proc_t[l] - stats.t_running[l] for l in proc_t if l in stats.t_running]
+    sent_by_lid: dict[str, list[float]] = defaultdict(list)
+    for r in stats.reports:
+        sent_by_lid[r["lid"]].append(r["sent"])
+    overwritten_before_processing = 0
+    for r in missing:
+        later = sorted(t for t in sent_by_lid[r["lid"]] if t > r["sent"])
+        replaced = later[0] if later else stats.pod_done.get(r["lid"], float("inf"))
+        if proc_t.get(r["lid"], float("inf")) > replaced:
+            overwritten_before_processing += 1
 
     def trio(v: list[float]) -> dict:
         return {"p50": round(pct(v, 0.5), 3) if v else None, "p95": round(pct(v, 0.95), 3) if v else None,
@@ -749,6 +777,8 @@ def analyse(args, stats: Stats, result: dict, coll) -> dict:
         "max_jobs_unfinished": stats.max_jobs_active, "jobs_created": len(stats.job_created),
         "lag": trio(lags), "lag_reports_expected": expected_reports, "lag_reports_sent": len(stats.reports),
         "lag_missing": len(missing), "lag_missing_covered_by_final": covered_by_final,
+        "lag_missing_overwritten_before_processing_notification": overwritten_before_processing,
+        "running_to_processing_notification": trio(processing_delay),
         "crs_with_a_missing_progress_notification": len(per_cr_missing),
         "lag_including_final": trio(lags_any),
         "lag_api_write": trio(api_write), "lag_watch_delivery": trio(watch_seen), "lag_operator_after_watch": trio(rest),
@@ -759,6 +789,9 @@ def analyse(args, stats: Stats, result: dict, coll) -> dict:
         "final_notifications": sum(finals.values()), "lectures_with_final": len(finals),
         "duplicate_final_notifications": sum(n - 1 for n in finals.values() if n > 1),
         "lectures_ready": ready, "cpu_seconds": result["cpu"], "wall_seconds": round(result["wall"], 1),
+        "cr_object_bytes": result["cr_bytes"],
+        "operator_rss_series_every_10th": result["rss_series"][::10],
+        "operator_rss_when_all_created_mb": next((r for _, r, _, _ in result["rss_series"]), None),
         "api_requests": result["api_requests"][:25], "node_errors": result["node_errors"][:20],
         "node_errors_total": len(result["node_errors"]), "node_retries_total": len(result["node_retries"]),
         "node_retries": result["node_retries"][:10],
@@ -811,6 +844,8 @@ def show(f: dict) -> None:
         ("  measured / sent / expected", f"{lag['n']} / {f['lag_reports_sent']} / {f['lag_reports_expected']}", ""),
         ("  missing (of which covered by the final)", f"{f['lag_missing']} ({f['lag_missing_covered_by_final']}), "
          f"CRs affected {f['crs_with_a_missing_progress_notification']}", "0"),
+        ("  missing, overwritten before VIDEO_PROCESSING went out", f"{f['lag_missing_overwritten_before_processing_notification']}", ""),
+        ("  CR Running -> VIDEO_PROCESSING p50/p95", f"{f['running_to_processing_notification']['p50']} / {f['running_to_processing_notification']['p95']} s", ""),
         ("  API write p50/p95", f"{f['lag_api_write']['p50']} / {f['lag_api_write']['p95']} s", ""),
         ("  watch delivery p50/p95", f"{f['lag_watch_delivery']['p50']} / {f['lag_watch_delivery']['p95']} s", ""),
         ("  operator after the watch p50/p95", f"{f['lag_operator_after_watch']['p50']} / {f['lag_operator_after_watch']['p95']} s", ""),
@@ -826,6 +861,8 @@ def show(f: dict) -> None:
     v = max(len(r[1]) for r in rows)
     for a, b, c in rows:
         print(f"{a:<{w}}  {b:<{v}}  {c}")
+    print(f"one CR as served: {f['cr_object_bytes']} bytes of JSON; operator RSS right after the creates: "
+          f"{f['operator_rss_when_all_created_mb']} MB")
     print("CPU seconds during the run: " + ", ".join(f"{k} {v}" for k, v in f["cpu_seconds"].items()))
     print("API requests (verb resource: count, mean latency):")
     for r in f["api_requests"][:15]:
@@ -864,9 +901,11 @@ it, then done); the real Job controller completes the Jobs. Machine-readable:
 | report -> `VIDEO_PROGRESS` lag, p50 / p95 / max | **{lag['p50']} / {lag['p95']} / {lag['max']} s** | p95 <= 2 s |
 | reports measured / sent / expected | {lag['n']} / {f['lag_reports_sent']} / {f['lag_reports_expected']} | all |
 | reports with no `VIDEO_PROGRESS` (of which the final covered) | {f['lag_missing']} ({f['lag_missing_covered_by_final']}), in {f['crs_with_a_missing_progress_notification']} CRs | 0 |
-| lag counting the final notification for those, p50 / p95 / max | {f['lag_including_final']['p50']} / {f['lag_including_final']['p95']} / {f['lag_including_final']['max']} s ({f['lag_including_final']['n']} reports) | |
+| ... of those, overwritten by the next report before the lecture's `VIDEO_PROCESSING` went out | {f['lag_missing_overwritten_before_processing_notification']} | |
+| CR Running -> `VIDEO_PROCESSING` (progress notifications wait for it), p50 / p95 | {f['running_to_processing_notification']['p50']} / {f['running_to_processing_notification']['p95']} s | |
+| lag of all reports, a missing one counted up to its lecture's final notification, p50 / p95 / max | {f['lag_including_final']['p50']} / {f['lag_including_final']['p95']} / {f['lag_including_final']['max']} s ({f['lag_including_final']['n']} reports) | |
 | the driver's node: API calls retried / pods given up or deleted while running | {f['node_retries_total']} / {f['node_errors_total']} | 0 |
-| operator peak RSS (VmHWM) | **{f['operator_peak_rss_mb']} MB** (end {f['operator_rss_end_mb']} MB) | <= 200 MB |
+| operator peak RSS (VmHWM) | **{f['operator_peak_rss_mb']} MB** (end {f['operator_rss_end_mb']} MB; {f['operator_rss_when_all_created_mb']} MB right after the creates) | <= 200 MB |
 | final notifications / duplicates | {f['final_notifications']} / **{f['duplicate_final_notifications']}** | {f['count']} / 0 |
 | Lectures READY | {f['lectures_ready']} | {f['count']} |
 
@@ -913,8 +952,19 @@ API requests during the run (all clients; watches not counted):
   event loop's other work (every Running CR's timer, admission passes during the creation
   burst). With a 1 s notify interval, a report within 1 s of the previous notification waits
   for the next timer tick. The per-minute p95 shows whether the tail is the creation burst.
+- **Missing progress notifications.** `notify_progress` sends nothing before the lecture's
+  once-only `VIDEO_PROCESSING`, which the reconcile timer sends only after the Lecture's
+  PROCESSING write (operator/reconcile.py), and never sends 100 %. So when the first ticks of a
+  slot are slow, the reports are overwritten by the next one (finally by `done`) before any
+  progress goes out, and the user sees nothing between "processing" and "ready"; the row above
+  counts how many missing reports went that way. The Lecture writes go to FerretDB on SQLite
+  here (its CPU seconds are in the list above): a real MongoDB does a guarded `_id` update far
+  cheaper, so this part is likely worse here than in production.
 - **Memory.** VmHWM of the operator process: the interpreter, kopf/aiohttp/pymongo/redis, and
-  kopf's per-object state for every CR it has seen (all N stay in its index and cache).
+  kopf's per-object state for every CR it has seen (all N stay in its index and cache). On the
+  real API server one CR is {f['cr_object_bytes']['whole']} bytes of JSON, {f['cr_object_bytes']['managedFields']} of
+  them `managedFields` (server-side apply bookkeeping the emulator never produced) and
+  {f['cr_object_bytes']['annotations']} kopf's annotations. The chart's operator memory limit is 256Mi.
 """)
 
 
