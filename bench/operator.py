@@ -63,7 +63,6 @@ import re
 import resource
 import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile

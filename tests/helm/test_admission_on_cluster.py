@@ -100,7 +100,6 @@ def test_a_transcode_pod_cannot_write_another_transcodes_status(cluster, kube, k
 
 
 def _run(cluster, kube, fake_transcoder, tmp_path) -> None:
-    ns = kube.namespace
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lectern-cloudinary"},
                  "stringData": {"CLOUDINARY_URL": "cloudinary://k:s@demo"}})
     script = fake_transcoder.folder.parent / "attack.py"

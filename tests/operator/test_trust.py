@@ -29,7 +29,7 @@ def test_the_public_id_matches_what_the_operator_chose():
     ("", "no video URL"),
     (f"http://res.cloudinary.com/acme/video/upload/{PID}.mp4", "https"),
     (f"https://res.cloudinary.com/other/video/upload/{PID}.mp4", "not under an allowed"),
-    (f"https://res.cloudinary.com/acme/video/upload/lectern/lectures/l2/0123456789ab.mp4", "not this transcode"),
+    ("https://res.cloudinary.com/acme/video/upload/lectern/lectures/l2/0123456789ab.mp4", "not this transcode"),
     (f"https://res.cloudinary.com/acme/video/upload/{PID}x.mp4", "not this transcode"),
     (f"https://res.cloudinary.com/acme/video/upload/{PID}.mp4?x=1", "query"),
     (f"https://res.cloudinary.com/acme/video/upload/{PID}.mp4#x", "query"),
