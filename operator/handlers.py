@@ -268,12 +268,17 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             changes = await rec.finalize(body, dict(status), logger)
         if changes:
             changes.setdefault("observedGeneration", meta.get("generation"))
-            patch.status.update(changes)
         new_phase = changes.get("phase")
         if phase == "Running" and new_phase in api.FINAL_PHASES:
+            # The final phase is written now, not by kopf after this handler returns: admission
+            # starts the next transcode at once, and the cluster must never show more Running
+            # than the cap (the bench on the real API server saw 101 of 100 for a moment).
+            await svc.kube.merge_patch(Kube.vt_path(namespace, name) + "/status", {"status": changes})
             svc.admission.override(namespace, name, new_phase)
             await svc.admit(vt_queue)
         else:
+            if changes:
+                patch.status.update(changes)
             await svc.admit(vt_queue, force=False)  # periodic safety net, at most every admit interval
 
     @kopf.on.event(*RESOURCE, id="progress", registry=reg,

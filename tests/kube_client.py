@@ -151,6 +151,20 @@ class KubeClient:
             options["gracePeriodSeconds"] = grace
         return self.request("DELETE", self.path(resource, name, namespace), options)
 
+    def watch(self, resource: str, namespace: str | None = None, resource_version: str | None = None,
+              timeout_seconds: int = 60):
+        """Yield (type, object) from a real watch, in the order etcd committed the changes."""
+        params = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        url = self.server + self.path(resource, namespace=namespace) + "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(urllib.request.Request(url), context=self.ssl_context,
+                                    timeout=timeout_seconds + 10) as stream:
+            for line in stream:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event["type"], event["object"]
+
     def evict(self, pod: str, namespace: str | None = None) -> None:
         """The Eviction API (what `kubectl drain` uses): the API server adds DisruptionTarget."""
         ns = namespace or self.namespace
