@@ -43,7 +43,7 @@ from tests.e2e.stack import NAMESPACE, LocalStack  # noqa: E402
 
 def pod_events(stack: LocalStack, job_name: str) -> list[dict]:
     [pod] = stack.recorder.pods_for(job_name)
-    log = stack.cluster.logs(pod["metadata"]["name"], NAMESPACE)
+    log = stack.kubectl("logs", pod["metadata"]["name"], "-n", NAMESPACE).stdout  # through the API server
     return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
