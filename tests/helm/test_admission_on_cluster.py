@@ -12,9 +12,13 @@ own status.report, and records each answer in its termination message."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,6 +78,40 @@ def _cr(name: str, lecture: str) -> dict:
                      "rawVideoUrl": f"https://res.cloudinary.com/demo/video/upload/{lecture}.mov"}}
 
 
+def _wait_until_enforced(cluster, kube, victim: str, timeout: float = 60) -> None:
+    """A new policy and binding reach the API server's admission through its informers, a
+    moment after they are created. Until a probe is refused (a dry-run status write by the
+    transcoder ServiceAccount with a token bound to a pod of no Job), the attack would prove
+    nothing."""
+    restricted = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod = kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vap-probe"},
+                       "spec": {"serviceAccountName": "lectern-transcoder", "securityContext": restricted,
+                                "nodeSelector": {"lectern.test/none": "none"},
+                                "containers": [{"name": "c", "image": FAKE_IMAGE, "securityContext": {
+                                    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}})
+    token = kube.request("POST", kube.path("serviceaccounts", "lectern-transcoder", subresource="token"), {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "vap-probe",
+                               "uid": pod["metadata"]["uid"]}}})["status"]["token"]
+    url = f"{kube.server}{kube.path('vt', victim, subresource='status')}?dryRun=All"
+    ctx = ssl.create_default_context(cafile=str(cluster.ca))
+    deadline = time.monotonic() + timeout
+    while True:
+        req = urllib.request.Request(url, method="PATCH", data=json.dumps({"status": {"report": {"progress": 1}}}).encode(),
+                                     headers={"Content-Type": "application/merge-patch+json",
+                                              "Authorization": f"Bearer {token}"})
+        try:
+            urllib.request.urlopen(req, context=ctx, timeout=10).read()
+            code = 200
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        if code == 403:
+            break
+        assert time.monotonic() < deadline, f"the admission policy was not enforced after {timeout}s ({code})"
+        time.sleep(0.2)
+    kube.delete("pods", "vap-probe", grace=0)
+
+
 def _terminated(pod: dict | None) -> dict | None:
     for s in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
         if (s.get("state") or {}).get("terminated"):
@@ -117,6 +155,7 @@ def _run(cluster, kube, fake_transcoder, tmp_path) -> None:
                    subresource="status")
         made[name] = job
     fake_transcoder.plan("lecture-b", progress=[10, 50])
+    _wait_until_enforced(cluster, kube, "vt-b")
 
     attacker = made["vt-a"]
     container = attacker["spec"]["template"]["spec"]["containers"][0]
