@@ -72,6 +72,14 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip, tmp_path, request
     assert statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"], statuses
     assert doc["videoUrl"] == video_url and doc["rawVideoUrl"] == raw_url
 
+    # --- the HLS ladder beside it (the chart's default): the same URLs in the Lecture, the
+    # job's result and the CR; the master playlist and the poster served over https
+    assert doc["hlsUrl"] == result["hlsUrl"] and doc["posterUrl"] == result["posterUrl"], doc
+    master = stack.https_get(doc["hlsUrl"]).decode()
+    assert master.startswith("#EXTM3U") and master.count("#EXT-X-STREAM-INF") == 2, master  # 720p, 480p
+    assert "RESOLUTION=1280x720" in master and "RESOLUTION=854x480" in master, master
+    assert stack.https_get(doc["posterUrl"])[:3] == b"\xff\xd8\xff"  # a JPEG
+
     # --- notifications: processing, progress..., exactly one VIDEO_READY, to the instructor
     ready = stack.notifications.wait(lecture_id, "VIDEO_READY", 15)
     msgs = stack.notifications.of(lecture_id)
@@ -79,7 +87,7 @@ def test_lecture_is_transcoded_end_to_end(stack, lecture_clip, tmp_path, request
     assert types[0] == "VIDEO_PROCESSING" and types[-1] == "VIDEO_READY", types
     assert types.count("VIDEO_READY") == 1 and set(types[1:-1]) <= {"VIDEO_PROGRESS"}, types
     assert all(m["userId"] == INSTRUCTOR and m.get("message") for m in msgs), msgs
-    assert ready["videoUrl"] == video_url
+    assert ready["videoUrl"] == video_url and ready["hlsUrl"] == doc["hlsUrl"]
     assert [m["type"] for m in stack.finals_in_stream(lecture_id)] == ["VIDEO_READY"]
 
     # --- the VideoTranscode: Succeeded, 100 %, the transcoder's figures
@@ -168,6 +176,10 @@ def test_kubectl_drives_the_local_stack(stack, lecture_clip):
     assert list(wide)[:8] == ["NAME", "LECTURE", "PHASE", "PROGRESS", "ATTEMPTS", "AGE", "JOB", "VIDEO URL"], wide_header
     video_url = stack.lectures.find_one({"_id": ObjectId(lecture_id)})["videoUrl"]
     assert wide["VIDEO URL"] == video_url and wide["JOB"] == stack.transcode(name)["status"]["jobName"], wide
+    # The example lists only an mp4 output: HLS off, as before the ladder existed.
+    assert wide["HLS URL"] in ("", "<none>"), wide
+    assert "hlsUrl" not in stack.lectures.find_one({"_id": ObjectId(lecture_id)})
+    assert "hlsUrl" not in stack.transcode(name)["status"]
     assert any(t.split()[len(t.splitlines()[0].split()) + 2] == "Running" for t in seen_running), seen_running
 
     described = kubectl("describe", "videotranscode", name)
