@@ -125,3 +125,9 @@ def compliant_input(media):
     return media(f"compliant-{profile.AUDIO_CHANNELS}ch-{profile.AUDIO_BITRATE_KBPS}k.mp4", size="640x360",
                  preset="veryfast", crf=30, audio_bitrate=f"{profile.AUDIO_BITRATE_KBPS}k",
                  audio_channels=profile.AUDIO_CHANNELS)
+
+
+@pytest.fixture
+def emu(cloudinary_env):
+    """The Cloudinary emulator the transcoder uploads to (the SDK pointed at it)."""
+    return cloudinary_env

@@ -19,10 +19,6 @@ from lectern_transcoder.errors import Transient
 from .conftest import CLI, assert_streamable, compliant_input
 
 
-@pytest.fixture
-def emu(cloudinary_env):
-    return cloudinary_env
-
 
 @pytest.fixture
 def cli_env(emu):

@@ -107,10 +107,6 @@ def test_the_clis_own_ladder_directory(media, run_cli, tmp_path):
     _check_real(lines, segments=2)  # 7 s in 6 s segments
 
 
-@pytest.fixture
-def emu(cloudinary_env):
-    return cloudinary_env
-
 
 def test_from_the_cloudinary_emulator_as_the_operator_reports_it(media, emu, run_cli):
     src = media("ladder-720.mp4", duration=7, size="1280x720", fps=10, video_codec="mpeg4", extra=["-q:v", "5"])

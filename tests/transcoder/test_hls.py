@@ -293,10 +293,6 @@ def test_sigterm_during_the_ladder_cleans_up(media, tmp_path, scratch):
 
 # -- upload to the Cloudinary emulator -----------------------------------------------------------
 
-@pytest.fixture
-def emu(cloudinary_env):
-    return cloudinary_env
-
 
 @pytest.fixture
 def cli_env(emu):
