@@ -38,6 +38,7 @@ test: sysdeps $(VENV) $(NODE) binaries
 bench: sysdeps $(VENV) $(NODE) binaries
 	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/transcode.py
+	$(PY) bench/hls.py
 	$(PY) bench/operator.py
 	$(PY) bench/pipeline.py
 
