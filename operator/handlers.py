@@ -10,8 +10,9 @@
                  final: pending Lecture write / final notification until done
     on.resume    Queued (after a restart): admission
     on.event     Running: relay a new progress report at once
-    (admission runs whenever a transcode is created, finishes or is deleted, after a
-    restart, and every admit interval from the running timers as a safety net)
+    timer        Queued: admission every admit interval (level-triggered; paused with peering)
+    (admission also runs at once whenever a transcode is created, finishes or is deleted,
+    and after a restart)
     on.delete    stop the Job; a Lecture this transcode moved to PROCESSING -> FAILED
 """
 
@@ -50,10 +51,6 @@ class Services:
         self.admission = Admission(settings, self.start)
         self._retry: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._loop: asyncio.Task | None = None
-        # The kopf index of every VideoTranscode, captured from the first handler that gets it
-        # (kopf hands indices to resource handlers only).
-        self.index: Any = None
 
     @property
     def kube(self) -> Kube:
@@ -64,19 +61,9 @@ class Services:
     def open(self) -> None:
         self.notifier = Notifier(self.settings)
         self.reconciler = Reconciler(self.settings, lambda: self.kube, self.lectures, self.notifier)
-        self._loop = asyncio.create_task(self._admit_periodically(), name="admission")
-
-    async def _admit_periodically(self) -> None:
-        """Level-triggered admission: every admit interval, whatever happened or was missed
-        (a lost event, a 409, a start that failed), the queue is compared with the cap again.
-        The edges (create, finish, delete) only make it happen sooner."""
-        while True:
-            await asyncio.sleep(self.settings.admit_interval_seconds)
-            if self.index is not None:
-                await self.admit(self.index, force=False)
 
     async def close(self) -> None:
-        for task in [self._loop, self._retry, *self._tasks]:
+        for task in [self._retry, *self._tasks]:
             if task is not None:
                 task.cancel()
         if self.notifier is not None:
@@ -89,8 +76,6 @@ class Services:
         """Request an admission pass in the background and return at once: a long pass never
         holds up the calling object's own events (e.g. its progress reports). Requests made
         while a pass runs coalesce into one more pass."""
-        if index is not None:
-            self.index = index
         if not force and not self.admission.due():
             return
         if self.admission.busy:
@@ -280,6 +265,15 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             if changes:
                 patch.status.update(changes)
             await svc.admit(vt_queue, force=False)  # periodic safety net, at most every admit interval
+
+    # Level-triggered admission: while anything waits, every admit interval the queue is
+    # compared with the cap again, whatever happened or was missed (a lost event, a 409, a start
+    # that failed), even when nothing runs whose timer would do it. A kopf timer, not a free task,
+    # so a standby replica paused by peering never admits.
+    @kopf.timer(*RESOURCE, id="admit-waiting", interval=s.admit_interval_seconds, registry=reg,
+                when=lambda status, **_: (status or {}).get("phase") == "Queued")
+    async def admit_waiting(vt_queue: kopf.Index, **_: Any) -> None:
+        await svc.admit(vt_queue, force=False)
 
     @kopf.on.event(*RESOURCE, id="progress", registry=reg,
                    when=lambda status, **_: (status or {}).get("phase") == "Running")
