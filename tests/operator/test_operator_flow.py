@@ -265,13 +265,23 @@ async def test_two_replicas_never_both_act(kube, operator_factory, plan, lecture
     await wait_until(lambda: _create_peering(kube), what="the KopfPeering")
     first = await operator_factory(standalone=False, peering_name="lectern", peering_priority=2)
     await operator_factory(standalone=False, peering_name="lectern", peering_priority=1)
+    # Both replicas announced in the KopfPeering before any CR exists: kopf drops an object's
+    # first event when it arrives while a replica is still settling who is paused (a CR created
+    # then never got its create handler run; kopf's behaviour, noted in the closing note).
+    peering = f"/apis/kopf.dev/v1/namespaces/{kube.namespace}/kopfpeerings/lectern"
+    await wait_until(lambda: len(kube.request("GET", peering).get("status") or {}) >= 2, what="both peers announced")
+    await asyncio.sleep(1.0)  # one peering interval: the lower-priority replica has paused itself
     for i in range(4):
         lecture(lectures, f"p{i}")
         plan(f"p{i}", hang=LONG)
         kube.create(make_cr(f"vt-p{i}", f"p{i}"))
     names = [f"vt-p{i}" for i in range(4)]
-    await wait_until(lambda: sorted(_phases(kube, names).values(), key=str) == ["Queued", "Queued", "Running", "Running"],
-                     what="two running, two queued", timeout=30)
+    try:
+        await wait_until(lambda: sorted(_phases(kube, names).values(), key=str) == ["Queued", "Queued", "Running", "Running"],
+                         what="two running, two queued", timeout=30)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last: {_phases(kube, names)}; events: "
+                           f"{ {n: reasons(kube, n) for n in names} }") from None
     await wait_until(lambda: len(kube.list("jobs")) == 2, what="two Jobs")
     await never(lambda: len(kube.list("jobs")) > 2, what="a third Job")
     for n in names:
