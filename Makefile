@@ -40,7 +40,7 @@ bench: sysdeps $(VENV) $(NODE) binaries
 	$(PY) bench/transcode.py
 	$(PY) bench/hls.py
 	$(PY) bench/operator.py
-	$(PY) bench/pipeline.py
+	$(PY) bench/pipeline.py --write
 
 crds: $(VENV)
 	.venv/bin/lectern-crds --write

@@ -2,7 +2,8 @@
 command line and contract -- PATCH `status.report` of its CR with the pod's ServiceAccount
 token (in-cluster login), a JSON termination message in /dev/termination-log, exit codes 0 / 65
 / 75 -- with a scripted behaviour read from `$LECTERN_FAKE_PLANS/<lectureId>.json`:
-{"progress": [..], "interval": s, "hang": s, "exit": code, "reason": "...", "videoUrl": "..."}.
+{"progress": [..], "interval": s, "hang": s, "exit": code, "reason": "...", "videoUrl": "...",
+"cpuSeconds": s} (cpuSeconds: the figure to report, so a test can check it is relayed as is).
 No plan: success at once. For operator tests about Kubernetes, not about ffmpeg."""
 
 import json
@@ -24,18 +25,23 @@ def main() -> int:
     plan = json.load(open(plan_file)) if os.path.exists(plan_file) else {}
     assert os.environ.get("CLOUDINARY_URL"), "CLOUDINARY_URL from the Secret"
     assert os.path.isdir(os.environ["TMPDIR"]), "TMPDIR is the scratch emptyDir"
-    server = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
-    ctx = ssl.create_default_context(cafile=f"{SA}/ca.crt")
+    # In a pod: the API server and the projected token; by hand (tests/transcoder/test_contract.py),
+    # LECTERN_KUBE_API_URL, as the real one's transcoder/report.py.
+    server = os.environ.get("LECTERN_KUBE_API_URL") or \
+        f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+    ctx = ssl.create_default_context(cafile=f"{SA}/ca.crt") if server.startswith("https:") else None
     started = time.monotonic()
 
     def report(**fields):
-        fields.setdefault("pod", os.environ.get("POD_NAME"))
-        fields.setdefault("cpuSeconds", round(time.process_time(), 3))
-        token = open(f"{SA}/token").read().strip()
+        pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
+        if pod:
+            fields.setdefault("pod", pod)
+        fields.setdefault("cpuSeconds", plan.get("cpuSeconds", round(time.process_time(), 3)))
+        headers = {"Content-Type": "application/merge-patch+json"}
+        if os.path.exists(f"{SA}/token"):
+            headers["Authorization"] = "Bearer " + open(f"{SA}/token").read().strip()
         req = urllib.request.Request(server + report_cr + "/status", method="PATCH",
-                                     data=json.dumps({"status": {"report": fields}}).encode(),
-                                     headers={"Content-Type": "application/merge-patch+json",
-                                              "Authorization": f"Bearer {token}"})
+                                     data=json.dumps({"status": {"report": fields}}).encode(), headers=headers)
         try:
             urllib.request.urlopen(req, timeout=5, context=ctx).read()
         except Exception as exc:  # best-effort, as the real one
@@ -55,9 +61,11 @@ def main() -> int:
                bytesDownloaded=4_000_000, inputDurationSeconds=120.0)
     elif code == 65:
         report(stage="failed")
-    with open("/dev/termination-log", "w") as f:
-        f.write(json.dumps({"exitCode": code, "reason": plan.get("reason", "ok" if code == 0 else "error"),
-                            "videoUrl": video}))
+    record = {"exitCode": code, "reason": plan.get("reason", "ok" if code == 0 else "error")}
+    if video:
+        record["videoUrl"] = video
+    with open(os.environ.get("LECTERN_TERMINATION_LOG", "/dev/termination-log"), "w") as f:
+        f.write(json.dumps(record) + "\n")
     print(f"done in {time.monotonic() - started:.2f}s exit {code}", flush=True)
     return code
 

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             json_out.emit("done", videoUrl=video_url, mode=result.mode, width=result.width, height=result.height,
                           inputBytes=result.input_bytes, outputBytes=result.output_bytes,
                           seconds=round(result.seconds, 2), stageSeconds=result.stage_seconds,
+                          ffmpegSeconds=result.ffmpeg_seconds,
                           hlsUrl=hls_url, posterUrl=poster_url,
                           hls=result.ladder.as_json() if result.ladder else None,
                           hlsBytes=result.hls_bytes if result.ladder else None)

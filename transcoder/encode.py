@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,6 +214,11 @@ class Processes:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
         self._oom_baseline = cgroup.oom_kills()
+        self._started: dict[int, tuple[str, float]] = {}
+        # Wall seconds of each ffmpeg reaped by wait(), by its log's name (video, audio, mux,
+        # hls, ...): what the pipeline benchmark counts as ffmpeg's own time, the rest of a
+        # stage (waiting for the audio, the mux, the probes) being Lectern's.
+        self.seconds: dict[str, float] = {}
 
     def oom_killed(self) -> bool | None:
         """Whether the kernel OOM-killed a process of our cgroup since we started (None: no
@@ -230,7 +236,17 @@ class Processes:
                                     close_fds=True, text=False, env=ffsafe.child_env())
             ffsafe.oom_first(proc.pid)
             self._procs.append(proc)
+            self._started[proc.pid] = (stderr_path.stem, time.monotonic())
         return proc
+
+    def wait(self, proc: subprocess.Popen) -> int:
+        """Reap one ffmpeg and add its wall time to `seconds`."""
+        code = proc.wait()
+        with self._lock:
+            name, started = self._started.pop(proc.pid, (None, 0.0))
+            if name is not None:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
+        return code
 
     def stop(self) -> None:
         with self._lock:
@@ -253,7 +269,7 @@ ProgressCallback = Callable[[float | None, float | None], None]
 
 def wait_for(procs: Processes, proc: subprocess.Popen, log: Path, src: Path, what: str) -> None:
     """Wait for one ffmpeg; a failure raises as `_classify` says (input, transient or bug)."""
-    proc.wait()
+    procs.wait(proc)
     if proc.returncode != 0:
         raise _classify(proc.returncode, log.read_bytes(), src, what, procs)
 

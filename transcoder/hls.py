@@ -489,7 +489,7 @@ def poster_time(video: Path, workdir: Path, procs: encode.Processes, width: int,
             "-vf", f"fps={profile.POSTER_SCAN_FPS},scale={w}:{h},format=gray", "-f", "rawvideo", "-y",
             str(workdir / "poster-scan.gray")]
     proc = procs.start(argv, workdir / "poster-scan.log")
-    proc.wait()
+    procs.wait(proc)
     raw = (workdir / "poster-scan.gray").read_bytes() if proc.returncode == 0 else b""
     n = w * h
     frames = [raw[i:i + n] for i in range(0, len(raw) - n + 1, n)]
@@ -511,7 +511,7 @@ def make_poster(video: Path, dst: Path, workdir: Path, procs: encode.Processes, 
             "-c:v", "mjpeg", "-q:v", str(profile.POSTER_JPEG_QUALITY), "-pix_fmt", "yuvj420p",
             "-map_metadata", "-1", "-f", "image2", "-update", "1", "-y", str(dst)]
     proc = procs.start(argv, workdir / "poster.log")
-    proc.wait()
+    procs.wait(proc)
     if proc.returncode != 0 or not dst.exists():
         raise encode._classify(proc.returncode, (workdir / "poster.log").read_bytes(), video, "ffmpeg (poster)", procs)
     return t

@@ -62,6 +62,9 @@ class Result:
     # Wall seconds per stage (downloading, probing, encoding, uploading): where a transcode's
     # time goes, and what the pipeline benchmark sets the rest of the system against.
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Wall seconds of each ffmpeg process (encode.Processes.seconds): inside a stage, what was
+    # ffmpeg's own work and what was waiting, muxing and probing around it.
+    ffmpeg_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     # With --hls: the master playlist's URL (or path), the poster's, and what was measured.
     hls_url: str | None = None
     poster_url: str | None = None
@@ -376,4 +379,4 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
     return Result(video_url=video_url, mode=plan.mode, width=plan.width, height=plan.height,
                   input_bytes=input_bytes, output_bytes=output_bytes, duration=info.duration,
                   seconds=time.monotonic() - started, input_probe=info, plan=plan, stage_seconds=timings,
-                  hls_url=hls_url, poster_url=poster_url, ladder=ladder, ladder_plan=lplan, hls_bytes=hls_bytes)
+                  ffmpeg_seconds=dict(procs.seconds), hls_url=hls_url, poster_url=poster_url, ladder=ladder, ladder_plan=lplan, hls_bytes=hls_bytes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,16 +140,28 @@ def test_intake_killed_mid_flight(stack, long_clip, request):
     row.done("completed after the lock expired; the new intake adopted the CR", Invariants(stack, [up]).all())
 
 
-def test_redis_restarted_mid_flight(stack, long_clip, request):
+def test_redis_restarted_mid_flight(stack, long_clip, small_clip, request):
     row = MATRIX.row("Redis restarted mid-encode (AOF on)", request)
     f = enqueue(stack, long_clip)
     encoding_pod(stack, f)
     stack.redis.restart()
-    stack.events.wait(f.job_id, "completed", timeout=120)
+    done = stack.events.wait(f.job_id, "completed", timeout=120)[0]
     up = f.upload("completed")
+    vt = stack.transcode_for(f.job_id)
+    # The queue, the lock and the job's data survived (AOF): one attempt, one CR, one pod.
+    assert stack.producer.job(f.job_id)["attemptsMade"] <= 1
+    assert vt["status"]["attempts"] == 1 and len(stack.recorder.pods_for(vt["status"]["jobName"])) == 1
+    assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "READY"], up.statuses
+    assert done["returnvalue"]["videoUrl"] == vt["status"]["videoUrl"]
     # Pub/sub is fire-and-forget: a message published while the subscriber reconnected is gone,
-    # which is what the durable stream is for; that one must hold exactly one final.
-    row.done("completed; everyone reconnected", Invariants(stack, [up], pubsub_complete=False).all())
+    # which is what the durable stream is for; that one holds the final, once.
+    assert [m["type"] for m in stack.finals_in_stream(f.lecture_id)] == ["VIDEO_READY"]
+    # Everyone reconnected: new work after the restart goes through the same Redis.
+    after = enqueue(stack, small_clip)
+    stack.events.wait(after.job_id, "completed", timeout=120)
+    assert stack.notifications.wait(after.lecture_id, "VIDEO_READY", 15)["userId"] == INSTRUCTOR
+    row.done("completed; queue and lock survived, everyone reconnected (new work after it READY)",
+             Invariants(stack, [up, after.upload("completed")], pubsub_complete=False).all())
 
 
 def test_cdn_drops_download_and_fails_upload(stack, lecture_clip, request):
@@ -188,7 +202,15 @@ def test_unusable_input_fails_fast_once(stack, tmp_path, request):
     assert reason.startswith("unusable input: "), reason
     note = stack.notifications.wait(lecture_id, "VIDEO_FAILED", 15)
     assert note["userId"] == INSTRUCTOR and reason.removeprefix("unusable input: ") in note["message"]
-    time.sleep(1.5)  # settle: no BullMQ retry, no second pod
+    # No retry can follow: BullMQ put the job in its failed set (a retry would have left it
+    # delayed), and the Job controller failed the Job by the pod failure policy (no new pod).
+    assert stack.producer.job(f.job_id)["state"] == "failed"
+    vt = stack.transcode_for(f.job_id)
+    job = wait_until(lambda: next((j for j in stack.recorder.jobs_for(vt["metadata"]["name"])
+                                   if any(c["type"] == "Failed" and c["status"] == "True"
+                                          for c in (j.get("status") or {}).get("conditions") or [])), None),
+                     30, 0.1, "the Job marked Failed")
+    assert next(c for c in job["status"]["conditions"] if c["type"] == "Failed")["reason"] == "PodFailurePolicy"
     up = f.upload("failed")
     assert up.statuses == ["AWAITING_MEDIA", "PROCESSING", "FAILED"], up.statuses
     doc = stack.lectures.find_one({"_id": ObjectId(lecture_id)})
@@ -200,20 +222,59 @@ def test_unusable_input_fails_fast_once(stack, tmp_path, request):
     row.done(f"FAILED at once (exit 65, 1 pod, no BullMQ retry): {reason[:40]}...", Invariants(stack, [up]).all())
 
 
+class Trap:
+    """A TLS-less listener on loopback that counts the connections made to it: the host of an
+    SSRF URL, so "no request was made" is something a test can see fail."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port, self.connections = self.sock.getsockname()[1], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def trap():
+    t = Trap()
+    yield t
+    t.close()
+
+
+# {trap}: a loopback port that is not the emulator's (its one test exception), so refused.
 @pytest.mark.parametrize("url", ["https://169.254.169.254/latest/meta-data/iam/",
-                                 "https://res.cloudinary.com.evil.example/video/upload/x.mp4"])
-def test_ssrf_url_is_refused_before_any_request(stack, url, request):
+                                 "https://res.cloudinary.com.evil.example/video/upload/x.mp4",
+                                 "https://127.0.0.1:{trap}/demo/video/upload/x.mp4",
+                                 "https://localhost:{trap}/demo/video/upload/x.mp4"])
+def test_ssrf_url_is_refused_before_any_request(stack, trap, url, request):
+    url = url.format(trap=trap.port)
     row = MATRIX.row(f"SSRF rawVideoUrl {url[:40]}", request)
-    before = stack.cloudinary.control.stats()["requests"]
+    transcodes_before = len(stack.transcodes())
     f = enqueue(stack, raw_url=url, opts={"attempts": 3})
     failed = stack.events.wait(f.job_id, "failed", timeout=20)[0]
     assert "rawVideoUrl" in failed["failedReason"], failed
-    time.sleep(0.5)
+    job = stack.producer.job(f.job_id)
+    assert job["state"] == "failed" and job["attemptsMade"] == 1, job  # refused for good, not retried
     up = f.upload("failed", expect_cr=False)
     assert up.statuses == ["AWAITING_MEDIA"], up.statuses
-    assert stack.producer.job(f.job_id)["attemptsMade"] == 1
-    assert stack.cloudinary.control.stats()["requests"] == before
-    row.done(f"job failed, no CR, no request: {failed['failedReason'][:50]}", Invariants(stack, [up]).all())
+    assert len(stack.transcodes()) == transcodes_before  # nothing was created that could fetch it
+    assert trap.connections == 0
+    row.done(f"job failed, no CR, no connection: {failed['failedReason'][:50]}", Invariants(stack, [up]).all())
 
 
 def test_newer_upload_wins_over_a_running_older_one(stack, long_clip, lecture_clip, request):

@@ -149,14 +149,24 @@ CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "lis
 
 
 def grants(role: dict) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs. A rule limited to named objects is keyed
+    `resource[name,...]`: it grants less than the resource, so it must not pass for it (and a
+    role that must equal its needs shows it as an extra)."""
     out: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
-        assert not rule.get("resourceNames") or rule["resourceNames"]
         assert "nonResourceURLs" not in rule
+        names = rule.get("resourceNames")
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                out.setdefault((group, resource), set()).update(rule["verbs"])
+                key = f"{resource}[{','.join(sorted(names))}]" if names else resource
+                out.setdefault((group, key), set()).update(rule["verbs"])
     return out
+
+
+def test_grants_tells_named_objects_from_the_whole_resource():
+    role = {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+                      {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["b", "a"], "verbs": ["get"]}]}
+    assert grants(role) == {("", "pods"): {"get"}, ("", "secrets[a,b]"): {"get"}}
 
 
 @pytest.mark.parametrize("scenario", ALL)

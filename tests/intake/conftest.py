@@ -155,6 +155,16 @@ class Events(_Lines):
                                        f"seen: {[e for e in self.seen if e.get('jobId') == job_id]}")
                 self._cond.wait(left)
 
+    def expect_none(self, job_id: str, event: str, seconds: float, count: int = 1) -> None:
+        """A bounded watch for the event that would prove a test wrong: fails as soon as the
+        job's `count`-th `event` arrives within `seconds` (where a fixed sleep would only look
+        afterwards, or never)."""
+        try:
+            found = self.wait(job_id, event, timeout=seconds, count=count)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {event!r} x{count} for job {job_id}: {found}")
+
     def progress(self, job_id: str) -> list[Any]:
         return [e["data"] for e in self.of(job_id, "progress")]
 

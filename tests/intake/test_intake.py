@@ -62,7 +62,8 @@ def test_long_transcodes_keep_their_lock_and_a_lost_lock_hands_over(harness):
         time.sleep(0.6)
     harness.events.wait(lost, "stalled", timeout=15)
     harness.events.wait(lost, "active", count=2)
-    time.sleep(2)  # two lock durations: a lock nobody renews would stall the job again
+    # Two lock durations: a lock nobody renews would stall the job again.
+    harness.events.expect_none(lost, "stalled", seconds=2.0, count=2)
     for j in (steady, lost):
         harness.set_status(names[j], phase="Succeeded", progress=100, videoUrl=VIDEO_URL)
         assert harness.events.wait(j, "completed")[0]["returnvalue"]["videoUrl"] == VIDEO_URL
@@ -84,9 +85,7 @@ def test_sigterm_hands_in_flight_jobs_back_without_failing_them(harness):
     for j in jobs:
         harness.events.wait(j, "progress")
 
-    started = time.monotonic()
-    assert first.terminate() == 0
-    assert time.monotonic() - started < 8
+    assert first.terminate() == 0  # within terminate()'s bound: it did not wait for the jobs to finish
     for j in jobs:
         job = harness.producer.job(j)
         assert job["state"] in ("delayed", "waiting"), job
@@ -125,7 +124,7 @@ def test_redis_outages_at_start_and_with_jobs_in_flight(restart_harness):
     h.redis.stop()  # AOF on: the queue survives, every connection drops
     for j in jobs:
         h.set_status(names[j], phase="Running", progress=60)  # while Redis is down
-    time.sleep(2)
+    wait_until(lambda: intake.health("/readyz")[0] == 503, 20, 0.1, "the intake seeing Redis down")
     h.redis.start()
     later = h.producer.add(lecture_data(lecture="after-restart"))  # new work is taken too
     later_name = h.cr_for(later, timeout=30)["metadata"]["name"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import redis
@@ -33,6 +34,7 @@ async def _two_running_one_queued(kube, names: list[str]) -> tuple[list[str], st
 
 
 async def test_cap_and_success_flow(kube, operator, plan, lectures, notifications):
+    created = time.monotonic()
     names = ["vt-0", "vt-1", "vt-2"]
     for i, name in enumerate(names):
         lecture(lectures, f"lec{i}")
@@ -47,13 +49,18 @@ async def test_cap_and_success_flow(kube, operator, plan, lectures, notification
     await wait_until(lambda: notifications.of(lid, "VIDEO_PROGRESS"), what="progress notification")
     assert notifications.of(lid, "VIDEO_PROGRESS")[-1]["progress"] == 40
     assert status_of(kube, queued)["phase"] == "Queued" and len(kube.list("jobs")) == 2
-    await release(kube, plan, first, lid, videoUrl=OUT.format(lid))
+    seen_running = time.monotonic()
+    await release(kube, plan, first, lid, videoUrl=OUT.format(lid), cpuSeconds=7.25)
     done = await kube.await_for("vt", first, predicate=phase_is("Succeeded", "Failed"), timeout=40)
+    seen_done = time.monotonic()
     st = done["status"]
     assert st["phase"] == "Succeeded", st
     assert st["videoUrl"] == OUT.format(lid) and st["progress"] == 100 and st["message"] == "ready"
-    assert st["cost"]["cpuSeconds"] > 0 and st["cost"]["bytesUploaded"] == 1_000_000 and st["cost"]["speed"] == 4.0
-    assert st["cost"]["wallSeconds"] >= 0 and st["completedAt"] and st["startedAt"] and st["queuedAt"]
+    assert st["cost"]["cpuSeconds"] == 7.25 and st["cost"]["bytesUploaded"] == 1_000_000 and st["cost"]["speed"] == 4.0
+    # Wall time from start to completion: at least what this test saw running, at most the whole test.
+    assert seen_done - seen_running - 1 <= st["cost"]["wallSeconds"] <= seen_done - created + 1, \
+        (st["cost"]["wallSeconds"], seen_done - seen_running, seen_done - created)
+    assert st["completedAt"] and st["startedAt"] and st["queuedAt"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Complete"] == "True"
     nxt = await kube.await_for("vt", queued, predicate=phase_is("Running"), timeout=20)  # the freed slot is taken
     assert nxt["status"]["startedAt"] >= st["completedAt"]  # never more than the cap
