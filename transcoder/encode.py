@@ -214,10 +214,11 @@ class Processes:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
         self._oom_baseline = cgroup.oom_kills()
-        self._started: dict[int, tuple[str, float]] = {}
-        # Wall seconds of each ffmpeg reaped by wait(), by its log's name (video, audio, mux,
+        self._timers: dict[int, threading.Thread] = {}
+        # Wall seconds of each ffmpeg from start to exit, by its log's name (video, audio, mux,
         # hls, ...): what the pipeline benchmark counts as ffmpeg's own time, the rest of a
-        # stage (waiting for the audio, the mux, the probes) being Lectern's.
+        # stage (waiting for the audio, the mux, the probes) being Lectern's. Timed by a waiter
+        # thread, as a process may be reaped long after it exited (the audio, after the video).
         self.seconds: dict[str, float] = {}
 
     def oom_killed(self) -> bool | None:
@@ -236,16 +237,24 @@ class Processes:
                                     close_fds=True, text=False, env=ffsafe.child_env())
             ffsafe.oom_first(proc.pid)
             self._procs.append(proc)
-            self._started[proc.pid] = (stderr_path.stem, time.monotonic())
+            timer = threading.Thread(target=self._time, args=(proc, stderr_path.stem, time.monotonic()),
+                                     name=f"ffmpeg-timer-{proc.pid}", daemon=True)
+            self._timers[proc.pid] = timer
+        timer.start()
         return proc
 
+    def _time(self, proc: subprocess.Popen, name: str, started: float) -> None:
+        proc.wait()
+        with self._lock:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
+
     def wait(self, proc: subprocess.Popen) -> int:
-        """Reap one ffmpeg and add its wall time to `seconds`."""
+        """Reap one ffmpeg (its wall time is then in `seconds`)."""
         code = proc.wait()
         with self._lock:
-            name, started = self._started.pop(proc.pid, (None, 0.0))
-            if name is not None:
-                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
+            timer = self._timers.pop(proc.pid, None)
+        if timer is not None:
+            timer.join()
         return code
 
     def stop(self) -> None:
