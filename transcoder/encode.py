@@ -201,6 +201,10 @@ def _classify(returncode: int, stderr: bytes, src: Path, what: str,
         return Transient(f"{what} was killed by signal {-returncode}")
     if "No space left on device" in text:
         return Transient(f"{what}: no space left in the scratch directory")
+    if "No such file or directory" in text:
+        # Every path ffmpeg is given is one this program made in its private temp dir (the
+        # input is linked or downloaded there first): a missing one is our bug, not the input's.
+        return TranscodeError(f"{what} lost a file it wrote itself: {reason}")
     if any(marker in text for marker in _OUR_FAULT):
         return TranscodeError(f"{what} rejected its command line: {reason}")
     return UnusableInput(f"{what} could not process the input: {reason}")

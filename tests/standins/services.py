@@ -7,6 +7,8 @@ once per machine)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import json
 import os
 import shutil
@@ -20,6 +22,36 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn`: the child gets SIGTERM when the thread that started it ends, so a test
+    runner that dies (even by SIGKILL) leaves nothing running. Per thread, not per process:
+    long-lived children are started through `spawn()`, whose thread lives as long as the runner."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# One thread that lives as long as the process: a child started from a short-lived thread
+# (an asyncio.to_thread worker, a fixture's helper thread) would otherwise get its SIGTERM
+# when that thread ends.
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="child-spawner")
+
+
+def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
+    """subprocess.Popen for a child that must die with the test runner (see die_with_parent);
+    `preexec_fn` in kwargs runs after it."""
+    extra = kwargs.pop("preexec_fn", None)
+
+    def preexec() -> None:
+        die_with_parent()
+        if extra is not None:
+            extra()
+
+    return _spawner.submit(subprocess.Popen, argv, preexec_fn=preexec, **kwargs).result()
 
 
 def free_port() -> int:
@@ -119,7 +151,7 @@ class _Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         with open(self.workdir / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = spawn(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         what = f"{type(self).__name__} on 127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.start_timeout
         while not self.ready():
