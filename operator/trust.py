@@ -40,7 +40,7 @@ def accept_video_url(url: object, cloud: str, expected_public_id: str, *, extens
     if not isinstance(url, str) or not url:
         raise Untrusted("the transcoder reported no video URL")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cloud or ""):
-        raise Untrusted("no valid Cloudinary cloud name is configured")
+        raise Untrusted("no valid Cloudinary cloud name is configured (chart value cloudinary.cloudName, LECTERN_CLOUDINARY_CLOUD_NAME)")
     try:
         parsed = parse_media_url(url, [f"{host}/{cloud}"], insecure_loopback)
     except UrlRefused as exc:

@@ -129,6 +129,15 @@ app.kubernetes.io/part-of: lectern
 {{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretKey }}{{- else -}}REDIS_URL{{- end -}}
 {{- end -}}
 
+{{/* The Cloudinary cloud reported URLs must belong to: cloudinary.cloudName, else the cloud of the development url. */}}
+{{- define "lectern.cloudinary.cloudName" -}}
+{{- if .Values.cloudinary.cloudName -}}
+{{- .Values.cloudinary.cloudName -}}
+{{- else if .Values.cloudinary.url -}}
+{{- (urlParse .Values.cloudinary.url).host -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "lectern.cloudinary.secretName" -}}
 {{- if .Values.cloudinary.existingSecret -}}
 {{- .Values.cloudinary.existingSecret -}}
