@@ -151,14 +151,15 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             spec.raw_video_url,
             target,
             "--lecture-id", spec.lecture_id,
-            "--report-cr", report_path(namespace, name),
+            *(["--report-cr", report_path(namespace, name)] if settings.transcoder_report_progress else []),
             "--max-height", str(max_height),
             *(["--hls", hls_target(target)] if spec.wants_hls(settings.hls_default) else []),
         ],
         "env": env,
         "resources": resources(settings, spec.resources.model_dump(exclude_none=True) if spec.resources else None),
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH},
-                         {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}],
+                         *([{"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}]
+                           if settings.transcoder_report_progress else [])],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -191,8 +192,9 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
+        # No status report (chart transcode.reportProgress=false): no token at all.
         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": settings.transcoder_scratch_size}},
-                    api_access_volume()],
+                    *([api_access_volume()] if settings.transcoder_report_progress else [])],
     }
     if settings.transcoder_node_selector:
         pod_spec["nodeSelector"] = dict(settings.transcoder_node_selector)

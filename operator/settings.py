@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     transcoder_min_cpu: str = "250m"
     transcoder_min_memory: str = "256Mi"
     transcoder_run_as_user: int = 65532
+    # The pod reports progress on its CR's status (chart transcode.reportProgress); off, it gets
+    # no ServiceAccount token and no --report-cr (it has no API permission then anyway).
+    transcoder_report_progress: bool = True
     transcoder_scratch_size: str = "20Gi"       # the emptyDir's sizeLimit
     transcoder_scratch_request: str = "2Gi"     # its ephemeral-storage request (what the scheduler reserves)
     transcoder_active_deadline_seconds: int = 3600

@@ -351,6 +351,17 @@ def test_hls_default_renders_the_setting(render, enabled, monkeypatch):
     assert settings_class()().hls_default is want
 
 
+@pytest.mark.parametrize("report", [True, False])
+def test_report_progress_reaches_the_operator(render, report, monkeypatch):
+    """transcode.reportProgress -> LECTERN_TRANSCODER_REPORT_PROGRESS: off, the operator gives
+    transcode pods no token (they have no Role either)."""
+    rendered = render({"transcode": {"reportProgress": report}})
+    plain, _ = container_env(rendered, "-operator")
+    monkeypatch.setenv("LECTERN_TRANSCODER_REPORT_PROGRESS", plain["LECTERN_TRANSCODER_REPORT_PROGRESS"])
+    assert settings_class()().transcoder_report_progress is report
+    assert bool([r for r in rendered.kind("Role") if r["metadata"]["name"].endswith("-transcoder")]) is report
+
+
 def test_multiple_namespaces(render):
     rendered = render("namespaces")
     assert configmap(rendered)["LECTERN_NAMESPACES"] == "media-a,media-b,media-c"

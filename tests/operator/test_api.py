@@ -190,6 +190,17 @@ def test_job_manifest_has_every_field():
     assert c["resources"]["requests"]["cpu"] == s.transcoder_cpu_request
 
 
+def test_no_status_report_no_token():
+    """transcode.reportProgress=false: the pod has no API permission, so it gets no token at all."""
+    s = Settings(transcoder_report_progress=False)
+    job = jobs.build_job(_cr(), s)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert [v["name"] for v in pod["volumes"]] == ["scratch"]
+    (c,) = pod["containers"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["scratch"] and "--report-cr" not in c["args"]
+
+
 def test_resource_overrides_are_clamped():
     s = Settings()
     assert jobs.resources(s, {"cpu": "100m"})["limits"]["cpu"] == s.transcoder_min_cpu
