@@ -8,7 +8,7 @@ VENV    := .venv/.installed
 NODE    := tests/node/node_modules/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-transcoder test bench crds sysdeps binaries cluster clean
+.PHONY: demo demo-transcoder test bench crds lock sysdeps binaries cluster clean
 
 # The whole pipeline (API upload + queue.add -> intake -> VideoTranscode -> operator -> Job ->
 # transcoder -> Cloudinary -> Lecture READY + notifications), every component its own process on
@@ -44,6 +44,17 @@ bench: sysdeps $(VENV) $(NODE) binaries
 
 crds: $(VENV)
 	.venv/bin/lectern-crds --write
+
+# The images install exactly these, hash-checked (`pip install --require-hashes --no-deps`):
+# every runtime dependency of each image's extra (and the build backend), pinned with the sha256
+# of every file PyPI has for that version (any platform the image is built for). Run after a
+# change to pyproject.toml's dependencies; tests/helm/test_images.py checks the locks cover them.
+LOCK := env -u PIP_FIND_LINKS .venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+        --no-emit-index-url --no-emit-find-links --rebuild
+lock: $(VENV)
+	$(LOCK) --extra transcoder --output-file requirements/transcoder.lock pyproject.toml
+	$(LOCK) --extra operator --output-file requirements/operator.lock pyproject.toml
+	$(LOCK) --only-build-deps --all-build-deps --output-file requirements/build.lock pyproject.toml
 
 # ffmpeg, redis-server, openssl and chromium (the HLS playback test) come from Debian; skipped when already on the PATH. Go (>= 1.26, for
 # the local cluster) must be there already: Debian's is too old.

@@ -136,7 +136,7 @@ def chart_operator_env(cap: int, home: Path, cluster: LocalCluster) -> dict[str,
         [str(helm_path()), "template", "lectern", str(ROOT / "helm" / "lectern"), "--namespace", NS,
          "--set", f"watchNamespaces={{{NS}}}", "--set", f"transcode.maxConcurrent={cap}",
          "--set", "mongo.url=mongodb://set-below", "--set", "redis.url=redis://set-below",
-         "--set", "cloudinary.existingSecret=lectern-cloudinary",
+         "--set", "cloudinary.existingSecret=lectern-cloudinary", "--set", "cloudinary.cloudName=demo",
          "--show-only", "templates/configmap.yaml", "--show-only", "templates/operator-deployment.yaml"],
         capture_output=True, text=True, env=kubectl_env(cluster, home), timeout=60)
     if proc.returncode != 0:
@@ -407,7 +407,9 @@ class Node:
                                            inputDurationSeconds=120.0, speed=4.0, cpuSeconds=round(0.5 * k, 3))
                 self.stats.reports.append({"lid": lid, "value": value, "sent": sent, "acked": acked})
             await asyncio.sleep(max(0.0, t0 + self.work - time.monotonic()))
-            video = f"https://res.cloudinary.com/demo/video/upload/lectern/lectures/{lid}.mp4"
+            # The upload the Job was told to write (args[1] = cloudinary:<public id>): the operator
+            # believes no other URL (operator/trust.py).
+            video = f"https://res.cloudinary.com/demo/video/upload/{args[1].split(':', 1)[1]}.mp4"
             await report(stage="done", progress=100, videoUrl=video, bytesDownloaded=4_000_000,
                          bytesUploaded=1_000_000, inputDurationSeconds=120.0, speed=4.0, cpuSeconds=2.0)
             finished = ts()

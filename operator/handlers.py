@@ -174,6 +174,10 @@ def build_registry(settings: Settings | None = None, services: Services | None =
     @kopf.on.startup(id="startup", registry=reg)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings, s)
+        if not s.cloudinary_cloud_name:
+            log.error("no Cloudinary cloud name is configured (chart value cloudinary.cloudName, "
+                      "LECTERN_CLOUDINARY_CLOUD_NAME): every finished transcode will fail, because no "
+                      "reported video URL can be checked against it")
         svc.open()
         memo.services = svc
 

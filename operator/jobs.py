@@ -18,6 +18,23 @@ SCRATCH = "/scratch"
 EXIT_UNUSABLE_INPUT = 65
 EXIT_OUT_OF_MEMORY = 71  # ffmpeg OOM-killed (transcoder/errors.py): the same limit fails the same way
 TERMINATION_LOG = "/dev/termination-log"
+# The status report's credentials, where in-cluster clients look for them (transcoder/report.py).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The shortest lifetime the API server grants a projected token; the kubelet renews it at 80 %.
+TOKEN_SECONDS = 600
+
+
+def api_access_volume() -> dict[str, Any]:
+    """What the automounted `kube-api-access-*` volume holds, minus its one-hour-plus token: a
+    ServiceAccount token bound to the pod for 10 minutes (the API server's own audience; the
+    kubelet renews it), the cluster CA and the namespace. Mounted in the transcoder container
+    only, read-only; the pod spec turns the automount off (issue 12, item 4)."""
+    return {"name": "kube-api-access", "projected": {"defaultMode": 0o444, "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                      "fieldPath": "metadata.namespace"}}]}},
+    ]}}
 
 _SUFFIXES = {
     "m": Decimal("0.001"), "": Decimal(1),
@@ -134,13 +151,15 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             spec.raw_video_url,
             target,
             "--lecture-id", spec.lecture_id,
-            "--report-cr", report_path(namespace, name),
+            *(["--report-cr", report_path(namespace, name)] if settings.transcoder_report_progress else []),
             "--max-height", str(max_height),
             *(["--hls", hls_target(target)] if spec.wants_hls(settings.hls_default) else []),
         ],
         "env": env,
         "resources": resources(settings, spec.resources.model_dump(exclude_none=True) if spec.resources else None),
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH},
+                         *([{"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}]
+                           if settings.transcoder_report_progress else [])],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -158,9 +177,11 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
         "serviceAccountName": settings.transcoder_service_account,
-        # The token is needed for one thing: PATCH videotranscodes/status of its own CR
-        # (the chart's Role for this ServiceAccount allows nothing else).
-        "automountServiceAccountToken": True,
+        # The token is needed for one thing: PATCH videotranscodes/status of its own CR (the
+        # chart's Role allows nothing else, its admission policy only this pod's CR's report).
+        # Not the automounted one (an hour or more, extended by the API server): a 10-minute
+        # projected token in the transcoder container only (api_access_volume).
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "securityContext": {
@@ -171,7 +192,9 @@ def build_job(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": settings.transcoder_scratch_size}}],
+        # No status report (chart transcode.reportProgress=false): no token at all.
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": settings.transcoder_scratch_size}},
+                    *([api_access_volume()] if settings.transcoder_report_progress else [])],
     }
     if settings.transcoder_node_selector:
         pod_spec["nodeSelector"] = dict(settings.transcoder_node_selector)

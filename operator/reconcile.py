@@ -16,13 +16,16 @@ from typing import Any, Mapping
 
 import kopf
 
-from lectern_operator import jobs, metrics, notify
+from lectern_operator import jobs, metrics, notify, trust
 from lectern_operator.api import v1alpha1 as api
 from lectern_operator.kube import Kube, KubeError
 from lectern_operator.lectures import FAILED, PROCESSING, READY, LectureUnavailable, Lectures, Outcome
 from lectern_operator.settings import Settings
 
 log = logging.getLogger("lectern.operator")
+
+# A failure reason (CR status.message, the Lecture, the notification) is at most this long.
+REASON_LIMIT = 500
 
 
 def now() -> datetime:
@@ -264,7 +267,8 @@ class Reconciler:
                 why = ""
                 if prev:
                     t = termination(prev[-1]) or {}
-                    why = f" (previous pod {prev[-1]['metadata']['name']}: {t.get('reason') or t.get('exitCode') or 'stopped'})"
+                    said = trust.user_text(t.get('reason') or t.get('exitCode') or 'stopped', 200)
+                    why = f" (previous pod {prev[-1]['metadata']['name']}: {said})"
                 kopf.event(body, type="Warning", reason="Retrying", message=f"attempt {attempts}{why}")
 
         # The transcoder's report: progress and cost.
@@ -387,14 +391,18 @@ class Reconciler:
         reason = ""
         if final == "Succeeded":
             video_url = report.get("videoUrl") or term.get("videoUrl")
-            if video_url:
+            try:
+                video_url = self.trusted_url(body, video_url)
+            except trust.Untrusted as exc:
+                # Nothing the pod said is written: no videoUrl, no HLS, the Lecture goes FAILED.
+                final = patch["phase"] = "Failed"
+                reason = str(exc)
+                cond = {"reason": "NoVideoUrl" if not video_url else "UntrustedReport"}
+            else:
                 patch.update(progress=100, videoUrl=video_url, message="ready")
                 patch.update(self.hls_outputs(body, report, term))
                 conds = set_condition(conds, api.COND_COMPLETE, "True", "JobComplete", "transcode complete")
                 kopf.event(body, type="Normal", reason="Succeeded", message=f"transcode complete: {video_url}")
-            else:
-                final = patch["phase"] = "Failed"
-                reason = "the transcoder finished without reporting a video URL"
         if final == "Failed":
             if not reason:
                 job_reason = cond.get("reason") or ""
@@ -407,7 +415,10 @@ class Reconciler:
                     reason = f"failed after {status.get('attempts') or len(pods)} attempts: {detail}"
                 else:
                     reason = detail
-            patch["message"] = reason[:1024]
+            # Built from what the pod wrote (ffmpeg's stderr, its termination message): it reaches
+            # the Lecture, the notification and the BullMQ job, so one clean bounded line.
+            reason = trust.user_text(reason, REASON_LIMIT)
+            patch["message"] = reason
             conds = set_condition(conds, api.COND_FAILED, "True", cond.get("reason") or "JobFailed", reason)
             kopf.event(body, type="Warning", reason="Failed", message=f"transcode failed: {reason}")
         patch["conditions"] = set_condition(conds, api.COND_STALLED, "False", "Finished") if condition(
@@ -427,12 +438,41 @@ class Reconciler:
         patch.update(await self.finalize(body, status, logger))
         return patch
 
+    def outputs(self, body) -> tuple[str, str]:
+        """The MP4's public id and the HLS folder the operator chose for this transcode (what
+        its Job was told to write: jobs.output_target / jobs.hls_target)."""
+        spec = body.get("spec") or {}
+        target = jobs.output_target(self.settings, str(spec.get("lectureId") or ""), str(spec.get("rawVideoUrl") or ""))
+        return target.split(":", 1)[1], jobs.hls_target(target).split(":", 1)[1]
+
+    def trusted_url(self, body, url: Any, key: str = "videoUrl") -> str:
+        """`url` if it is an https delivery URL of the configured cloud for exactly what this
+        transcode was told to write (operator/trust.py), else trust.Untrusted with the reason."""
+        public_id, hls_folder = self.outputs(body)
+        cloud = self.settings.cloudinary_cloud_name
+        loopback = self.settings.test_insecure_loopback
+        if key == "hlsUrl":  # a raw resource keeps its name: <folder>/master.m3u8
+            return trust.accept_video_url(url, cloud, f"{hls_folder}/master.m3u8", extensions=(),
+                                          resource_type="raw", insecure_loopback=loopback)
+        if key == "posterUrl":
+            return trust.accept_video_url(url, cloud, f"{hls_folder}/poster", extensions=("jpg",),
+                                          resource_type="image", insecure_loopback=loopback)
+        return trust.accept_video_url(url, cloud, public_id, insecure_loopback=loopback)
+
     def hls_outputs(self, body, report, term) -> dict[str, str]:
-        """hlsUrl/posterUrl for the status. HLS is additive: a missing or refused URL leaves
-        the MP4 result as it is and says so in a Warning event."""
+        """hlsUrl/posterUrl for the status. HLS is additive: a missing or refused URL (not https,
+        or not this transcode's upload in the configured cloud) leaves the MP4 result as it is
+        and says so in a Warning event; a refused URL is never written."""
         urls, refused = hls_result(report, term)
+        for key, value in list(urls.items()):
+            try:
+                self.trusted_url(body, value, key)
+            except trust.Untrusted as exc:
+                del urls[key]
+                refused.append(f"{key}: {exc}".replace("video URL", "URL"))
         for why in refused:
-            kopf.event(body, type="Warning", reason="HlsRefused", message=f"not written to the status: {why}")
+            kopf.event(body, type="Warning", reason="HlsRefused",
+                       message=trust.user_text(f"not written to the status: {why}", REASON_LIMIT))
         try:
             wanted = api.VideoTranscodeSpec.model_validate(body.get("spec") or {}).wants_hls(self.settings.hls_default)
         except ValueError:

@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lectern_transcoder.urlpolicy import parse_insecure_loopback
+
 
 def _csv(value: object) -> object:
     if isinstance(value, str):
@@ -71,6 +73,9 @@ class Settings(BaseSettings):
     transcoder_min_cpu: str = "250m"
     transcoder_min_memory: str = "256Mi"
     transcoder_run_as_user: int = 65532
+    # The pod reports progress on its CR's status (chart transcode.reportProgress); off, it gets
+    # no ServiceAccount token and no --report-cr (it has no API permission then anyway).
+    transcoder_report_progress: bool = True
     transcoder_scratch_size: str = "20Gi"       # the emptyDir's sizeLimit
     transcoder_scratch_request: str = "2Gi"     # its ephemeral-storage request (what the scheduler reserves)
     transcoder_active_deadline_seconds: int = 3600
@@ -84,6 +89,10 @@ class Settings(BaseSettings):
     cloudinary_secret_name: str = "lectern-cloudinary"
     cloudinary_secret_key: str = "CLOUDINARY_URL"
     cloudinary_folder: str = "lectern/lectures"
+    # The Cloudinary cloud the results live in: a reported videoUrl (and hlsUrl/posterUrl) is
+    # believed only if it is an https delivery URL of this cloud under the public id the operator
+    # chose (operator/trust.py). Empty: every finished transcode fails with that reason.
+    cloudinary_cloud_name: str = ""
     # The HLS ladder (1080p/720p/480p + poster) beside the MP4 for a VideoTranscode whose
     # spec.outputs is absent; a CR that lists outputs gets exactly those (chart: transcode.hls.enabled).
     hls_default: bool = True
@@ -117,4 +126,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "json"
 
+    # LECTERN_TEST_INSECURE_LOOPBACK, the tests' escape for the local Cloudinary emulator (the
+    # same variable the transcoder and the intake read, in the test images only; never in the chart).
+    test_insecure_loopback: Annotated[frozenset[tuple[str, int]], NoDecode] = frozenset()
+
     _split_csv = field_validator("namespaces", "allowed_hosts", "transcoder_image_pull_secrets", mode="before")(_csv)
+
+    @field_validator("test_insecure_loopback", mode="before")
+    @classmethod
+    def _loopback(cls, value: object) -> object:
+        return parse_insecure_loopback(value) if isinstance(value, str) else value

@@ -40,7 +40,7 @@ def accept_video_url(url: object, cloud: str, expected_public_id: str, *, extens
     if not isinstance(url, str) or not url:
         raise Untrusted("the transcoder reported no video URL")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cloud or ""):
-        raise Untrusted("no valid Cloudinary cloud name is configured")
+        raise Untrusted("no valid Cloudinary cloud name is configured (chart value cloudinary.cloudName, LECTERN_CLOUDINARY_CLOUD_NAME)")
     try:
         parsed = parse_media_url(url, [f"{host}/{cloud}"], insecure_loopback)
     except UrlRefused as exc:
@@ -59,11 +59,18 @@ def accept_video_url(url: object, cloud: str, expected_public_id: str, *, extens
     return url
 
 
+# Terminal escape sequences (ffmpeg colours its stderr): CSI (`ESC [ ... final`, or the C1
+# CSI 0x9b) and OSC (`ESC ] ... BEL|ESC \\`, e.g. a hyperlink) go whole, not just their ESC.
+_ESCAPES = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+
+
 def user_text(text: object, limit: int = 500) -> str:
-    """One line of at most `limit` characters: control characters (C0, DEL, C1), format
-    characters (bidi overrides, zero-width) and line/paragraph separators become spaces, runs
-    of whitespace collapse, and a cut is marked with an ellipsis."""
+    """One line of at most `limit` characters: terminal escape sequences are removed, control
+    characters (C0, DEL, C1), format characters (bidi overrides, zero-width) and
+    line/paragraph separators become spaces, runs of whitespace collapse, and a cut is marked
+    with an ellipsis."""
     s = text if isinstance(text, str) else ("" if text is None else str(text))
+    s = _ESCAPES.sub(" ", s[: max(0, limit) * 8 + 4096])  # bounded work on a huge input
     out = []
     for ch in s:
         cat = unicodedata.category(ch)

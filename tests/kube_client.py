@@ -42,6 +42,7 @@ _RESOURCES: dict[str, tuple[str, str, bool]] = {
     "nodes": ("/api/v1", "nodes", False),
     "leases": ("/apis/coordination.k8s.io/v1", "leases", True),
     "deployments": ("/apis/apps/v1", "deployments", True),
+    "networkpolicies": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "roles": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "rolebindings": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "customresourcedefinitions": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
@@ -53,6 +54,7 @@ _ALIASES = {"vt": "videotranscodes", "videotranscode": "videotranscodes", "Video
             "Namespace": "namespaces", "Secret": "secrets", "ConfigMap": "configmaps", "Event": "events",
             "ServiceAccount": "serviceaccounts", "Node": "nodes", "Lease": "leases", "Deployment": "deployments",
             "Role": "roles", "RoleBinding": "rolebindings", "Service": "services",
+            "NetworkPolicy": "networkpolicies",
             "crd": "customresourcedefinitions", "CustomResourceDefinition": "customresourcedefinitions",
             "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
 

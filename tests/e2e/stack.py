@@ -28,7 +28,8 @@ parameter (the SDK reads an upload prefix from the environment only when CLOUDIN
 set, and then ignores CLOUDINARY_URL). What only a test needs is in the node's *images*, as if
 the test images had it baked in: trust of the emulator's throw-away CA (`SSL_CERT_FILE`) and the
 SSRF guard's one loopback exception for the emulator's https port
-(`LECTERN_TEST_INSECURE_LOOPBACK`); never in the chart. Tight timings (admission, reconcile,
+(`LECTERN_TEST_INSECURE_LOOPBACK`, which the operator's check of reported URLs honours too); never
+in the chart. Tight timings (admission, reconcile,
 progress, BullMQ lock) are plain chart values. The pods share the host network, so the operator
 and the intake get distinct health and metrics ports (`intake.healthPort`, `intake.metricsPort`).
 """
@@ -493,7 +494,10 @@ class LocalStack:
             "watchNamespaces": [NAMESPACE],
             "mongo": {"existingSecret": "lectern-mongo", "database": self.mongo_db},
             "redis": {"existingSecret": "lectern-redis"},
-            "cloudinary": {"existingSecret": "lectern-cloudinary", "folder": CLOUDINARY_FOLDER},
+            # The operator believes only URLs of this cloud (operator/trust.py); the emulator's
+            # delivery host is the loopback port the test images let through.
+            "cloudinary": {"existingSecret": "lectern-cloudinary", "folder": CLOUDINARY_FOLDER,
+                           "cloudName": cloudinary_config(self.cloudinary.cloudinary_url)["cloud_name"]},
             "queue": {"name": QUEUE},
             "notifications": {"progressIntervalSeconds": 0.2},
             "transcode": {

@@ -274,6 +274,7 @@ def test_every_setting_is_set_by_the_chart(render):
         "LECTERN_INTAKE_NAMESPACE",  # only set when given (default: the first watched namespace)
         "LECTERN_PEERING_NAME",  # only set with more than one replica (else LECTERN_STANDALONE=true)
         "LECTERN_PEERING_PRIORITY",  # each replica draws a random one unless pinned (equal priorities freeze kopf)
+        "LECTERN_TEST_INSECURE_LOOPBACK",  # the tests' emulator escape, in test images only, never in the chart
     }
     fields = {f"LECTERN_{name.upper()}" for name in settings_class().model_fields}
     plain, refs = container_env(render("defaults"), "-operator")
@@ -341,7 +342,9 @@ def test_defaults_watch_the_release_namespace(render):
     rendered = render("defaults")
     assert configmap(rendered)["LECTERN_NAMESPACES"] == NAMESPACE
     assert rendered.one("Deployment", "-operator")["spec"]["replicas"] == 1
-    assert not rendered.kind("KopfPeering") and not rendered.kind("NetworkPolicy")
+    assert not rendered.kind("KopfPeering")
+    # deny by default (issue 12): the transcode pods' policy is on without being asked for
+    assert rendered.one("NetworkPolicy", "-transcoder", NAMESPACE)["spec"]["ingress"] == []
     assert not rendered.kind("ServiceMonitor") and not rendered.kind("Secret")
 
 
@@ -356,6 +359,17 @@ def test_hls_default_renders_the_setting(render, enabled, monkeypatch):
     assert plain["LECTERN_HLS_DEFAULT"] == str(want).lower()
     monkeypatch.setenv("LECTERN_HLS_DEFAULT", plain["LECTERN_HLS_DEFAULT"])
     assert settings_class()().hls_default is want
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_report_progress_reaches_the_operator(render, report, monkeypatch):
+    """transcode.reportProgress -> LECTERN_TRANSCODER_REPORT_PROGRESS: off, the operator gives
+    transcode pods no token (they have no Role either)."""
+    rendered = render({"transcode": {"reportProgress": report}})
+    plain, _ = container_env(rendered, "-operator")
+    monkeypatch.setenv("LECTERN_TRANSCODER_REPORT_PROGRESS", plain["LECTERN_TRANSCODER_REPORT_PROGRESS"])
+    assert settings_class()().transcoder_report_progress is report
+    assert bool([r for r in rendered.kind("Role") if r["metadata"]["name"].endswith("-transcoder")]) is report
 
 
 def test_multiple_namespaces(render):
@@ -427,16 +441,67 @@ def test_network_policy_transcoder_egress_only_dns_cdn_apiserver(render):
         assert spec["ingress"] == []
         dns, cdn, api = spec["egress"]
         assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
-        assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+        assert dns["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                              "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
         assert cdn["ports"] == [{"protocol": "TCP", "port": 443}]
-        block = cdn["to"][0]["ipBlock"]
-        assert block["cidr"] == "0.0.0.0/0"
-        assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(block["except"])
+        v4, v6 = (b["ipBlock"] for b in cdn["to"])
+        assert v4["cidr"] == "0.0.0.0/0" and v6["cidr"] == "::/0"
+        # every except on the block of its own family (the API refuses one outside its cidr)
+        assert all(":" not in c for c in v4["except"]) and all(":" in c for c in v6["except"])
+        assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                "127.0.0.0/8", "0.0.0.0/8"} <= set(v4["except"])
+        assert {"fc00::/7", "fe80::/10", "fec0::/10", "fd00:ec2::254/128", "64:ff9b::/96",
+                "64:ff9b:1::/48", "2002::/16", "::/127"} <= set(v6["except"])
         assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
         assert {p["port"] for p in api["ports"]} == {443, 6443}
     own = rendered.one("NetworkPolicy", f"{RELEASE}", NAMESPACE)
     assert own["spec"]["policyTypes"] == ["Ingress"]
     assert {p["port"] for p in own["spec"]["ingress"][0]["ports"]} == {8080, 9090}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector evaluated as the API server does (matchLabels AND every matchExpression)."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_network_policy_selects_exactly_the_transcode_pods(render):
+    """The policy's selector against the pod labels operator/jobs.py really gives a transcode's
+    pod (not a copy of them), and against the chart's own pods: it holds every transcode pod,
+    and none of the operator's or the intake's (their policy does not hold transcode pods)."""
+    from lectern_operator import jobs
+    from lectern_operator.settings import Settings
+    rendered = render("defaults")
+    policy = rendered.one("NetworkPolicy", "-transcoder", NAMESPACE)["spec"]["podSelector"]
+    own = rendered.one("NetworkPolicy", RELEASE, NAMESPACE)["spec"]["podSelector"]
+    for name, lid in (("lecture-1", "65f1c2a9e4b0c3d2a1f00001"), ("a" * 200 + ".b", "x_y-z")):
+        body = {"metadata": {"name": name, "namespace": NAMESPACE, "uid": "u"},
+                "spec": {"lectureId": lid, "instructorId": "i",
+                         "rawVideoUrl": "https://res.cloudinary.com/demo/video/upload/raw.mov"}}
+        pod_labels = jobs.build_job(body, Settings())["spec"]["template"]["metadata"]["labels"]
+        assert _selects(policy, pod_labels) and not _selects(own, pod_labels)
+    for dep in rendered.kind("Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert not _selects(policy, labels), dep["metadata"]["name"]
+        assert _selects(own, labels), dep["metadata"]["name"]
+
+
+def test_network_policy_dns_by_address_for_nodelocal_dnscache(render):
+    """NodeLocal DNSCache answers on a link-local address on every node: listed by address, it is
+    reachable on port 53 (and only there: the HTTPS rule still refuses 169.254.0.0/16)."""
+    spec = render({"networkPolicy": {"dns": {"cidrs": ["169.254.20.10/32"]}}}).one(
+        "NetworkPolicy", "-transcoder", NAMESPACE)["spec"]
+    dns, cdn = spec["egress"]
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in dns["to"] and len(dns["to"]) == 2
+    assert "169.254.0.0/16" in cdn["to"][0]["ipBlock"]["except"]
+    # no API server CIDR and nothing to look up (helm template): the rule is left out
 
 
 def test_service_monitor_selects_the_metrics_services(render):

@@ -105,8 +105,8 @@ def test_installs_only_its_own_extra(image):
     kind, df = image
     other = {"transcoder": "operator", "operator": "transcoder"}[kind]
     runs = " ".join(df.stages[0].all("RUN"))
-    assert f"[{kind}]" in runs
-    assert f"[{other}]" not in df.code
+    assert f"-r requirements/{kind}.lock" in runs
+    assert f"{other}.lock" not in df.code and f"[{other}]" not in df.code
     extras = re.search(r"\[project\.optional-dependencies\](.*?)\n\[", (ROOT / "pyproject.toml").read_text(), re.S)
     assert extras and re.search(rf"^{kind} = \[", extras.group(1), re.M), f"pyproject has no [{kind}] extra"
 
@@ -115,7 +115,7 @@ def test_ffmpeg_only_in_the_transcoder(image):
     kind, df = image
     if kind == "transcoder":
         runs = " ".join(df.final.all("RUN"))
-        assert re.search(r"apt-get install -y --no-install-recommends ffmpeg\b", runs)
+        assert re.search(r'apt-get install -y --no-install-recommends "ffmpeg=\$\{FFMPEG_VERSION\}"', runs)
         assert "rm -rf /var/lib/apt/lists/*" in runs
     else:
         assert "ffmpeg" not in df.code.lower()
@@ -186,11 +186,11 @@ def test_dockerignore_sends_only_the_sources():
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "an allow-list: ignore everything, then re-include"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "operator", "transcoder"}
+    assert allowed == {"pyproject.toml", "README.md", "requirements", "operator", "transcoder"}
     for df in DOCKERFILES.values():
         for src in re.findall(r"^COPY (?!--from)(.+) \S+$", df.read_text(), re.M):
             for item in src.split():
-                assert item.rstrip("/") in allowed, f"{df.name} copies {item}, which .dockerignore excludes"
+                assert item.split("/")[0] in allowed, f"{df.name} copies {item}, which .dockerignore excludes"
 
 
 def test_hadolint():
@@ -200,3 +200,80 @@ def test_hadolint():
     proc = subprocess.run([exe, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES.values())],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- supply chain (issue 12, item 7) ---------------------------------------------------------------
+
+def _lock(name: str) -> dict[str, tuple[str, list[str]]]:
+    """requirements/<name>.lock -> {normalized name: (version, [sha256, ...])}."""
+    from packaging.utils import canonicalize_name
+    text = (ROOT / "requirements" / f"{name}.lock").read_text()
+    out = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n\n", 1)[1] if "\n\n" in text else text):
+        m = re.match(r"([A-Za-z0-9._-]+)==(\S+)", entry.strip())
+        if m:
+            out[canonicalize_name(m.group(1))] = (m.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+    return out
+
+
+def _pyproject() -> dict:
+    import tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "operator"])
+def test_the_lock_covers_every_runtime_dependency(kind):
+    """Every dependency of the base install and the image's extra is pinned in its lock, at a
+    version its range admits, with hashes; the lock holds nothing of the other image's extra."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    project = _pyproject()["project"]
+    lock = _lock(kind)
+    assert lock, f"requirements/{kind}.lock is empty"
+    for spec in project["dependencies"] + project["optional-dependencies"][kind]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req.name} ({kind}) is not in requirements/{kind}.lock: run `make lock`"
+        version, _ = lock[name]
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version} is outside {req.specifier}: `make lock`"
+    for name, (version, hashes) in lock.items():
+        assert hashes, f"{name}=={version} has no --hash"
+    other = {"transcoder": "operator", "operator": "transcoder"}[kind]
+    own = {canonicalize_name(Requirement(s).name) for s in project["optional-dependencies"][kind]}
+    for spec in project["optional-dependencies"][other]:
+        name = canonicalize_name(Requirement(spec).name)
+        assert name in own or name not in lock, f"{name} (the {other} extra) is in requirements/{kind}.lock"
+    (build,) = [Requirement(r) for r in _pyproject()["build-system"]["requires"]]
+    version, hashes = _lock("build")[canonicalize_name(build.name)]
+    assert build.specifier.contains(version) and hashes
+
+
+def test_every_pip_install_checks_hashes(image):
+    """Dependencies only from a lock, hash-checked and not resolved further; the project's own
+    wheel (built here) without dependencies; no build isolation fetching a backend unpinned."""
+    kind, df = image
+    installs = [cmd.strip() for run in df.stages[0].all("RUN") for cmd in run.split("&&") if re.search(r"\bpip\b.*\binstall\b", cmd)]
+    assert len(installs) == 3, installs
+    for cmd in installs:
+        assert "--no-deps" in cmd, cmd
+        if " -r " in cmd:
+            assert "--require-hashes" in cmd and re.search(r"-r requirements/(build|transcoder|operator)\.lock", cmd), cmd
+        else:
+            assert '"${1}"' in cmd, f"only the project's own wheel is installed without a lock: {cmd}"
+    builds = [cmd for run in df.stages[0].all("RUN") for cmd in run.split("&&") if "pip wheel" in cmd]
+    assert builds and all("--no-build-isolation" in c and "--no-deps" in c for c in builds), builds
+    assert not re.search(r"pip\S* install [^&]*\[", df.code), "no extras: they would resolve unpinned"
+
+
+def test_ffmpeg_is_pinned_to_the_version_the_tests_run():
+    """The transcoder image's ffmpeg is Debian's, pinned by version; that version is the one on
+    the machine the tests (real ffmpeg, real media) ran with, so the image is what was tested."""
+    df = parse(DOCKERFILES["transcoder"])
+    (arg,) = [a for a in df.final.all("ARG") if a.startswith("FFMPEG_VERSION=")]
+    version = arg.split("=", 1)[1]
+    assert re.fullmatch(r"[0-9]+:[0-9][A-Za-z0-9.+~-]*", version), f"not a Debian version with epoch: {version}"
+    runs = " ".join(df.final.all("RUN"))
+    assert '"ffmpeg=${FFMPEG_VERSION}"' in runs and "dpkg-query -W -f '${Version}' ffmpeg" in runs
+    upstream = version.split(":", 1)[1]
+    line = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    assert line.startswith(f"ffmpeg version {upstream} "), f"tests ran with {line!r}, the image pins {version}: raise FFMPEG_VERSION"

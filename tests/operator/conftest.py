@@ -31,6 +31,14 @@ RAW = "https://res.cloudinary.com/demo/video/upload/{}.mov"
 LONG = 600  # "hang" of a pod that runs until the test ends it (evicts/deletes it)
 
 
+def own_video_url(lecture_id: str, raw: str | None = None, cloud: str = "demo") -> str:
+    """The delivery URL of the MP4 the operator told this lecture's Job to write (with a
+    version, as Cloudinary's secure_url has): the only video URL it believes (operator/trust.py)."""
+    from lectern_operator import jobs
+    public_id = jobs.output_target(Settings(), lecture_id, raw or RAW.format(lecture_id)).split(":", 1)[1]
+    return f"https://res.cloudinary.com/{cloud}/video/upload/v7/{public_id}.mp4"
+
+
 def tid_of(request) -> str:
     return re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40].strip("_")
 
@@ -78,6 +86,7 @@ def op_settings(kube, operator_login, redis_server, mongo_server, request) -> Se
         max_concurrent=2, reconcile_interval_seconds=0.3, admit_interval_seconds=1,
         progress_notify_interval_seconds=0.2, watch_timeout_seconds=30, metrics_port=0, health_port=0,
         transcoder_image=FAKE_IMAGE, transcoder_service_account="lectern-transcoder",
+        cloudinary_cloud_name="demo",  # the fake transcoder reports res.cloudinary.com/demo/... URLs
         transcoder_cpu_request="50m", transcoder_cpu_limit="500m",
         transcoder_memory_request="128Mi", transcoder_memory_limit="256Mi",
     )

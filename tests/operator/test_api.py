@@ -161,7 +161,13 @@ def test_job_manifest_has_every_field():
     assert "nodeAffinity" in pod["affinity"]
     assert pod["priorityClassName"] == "lectern-batch"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": s.transcoder_scratch_size}}]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": s.transcoder_scratch_size}},
+                              jobs.api_access_volume()]
+    # no automounted token (an hour or more): a 10-minute projected one, API server audience (issue 12)
+    assert pod["automountServiceAccountToken"] is False
+    (token,) = [src["serviceAccountToken"] for src in jobs.api_access_volume()["projected"]["sources"]
+                if "serviceAccountToken" in src]
+    assert token == {"path": "token", "expirationSeconds": 600}
     (c,) = pod["containers"]
     assert c["image"] == s.transcoder_image and c["command"] == ["lectern-transcode"]
     assert c["args"] == ["https://res.cloudinary.com/demo/video/upload/raw.mov",
@@ -172,7 +178,9 @@ def test_job_manifest_has_every_field():
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
-    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
+    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"},
+                                 {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                                  "readOnly": True}]
     env = {e["name"]: e for e in c["env"]}
     assert env["TMPDIR"]["value"] == "/scratch"
     assert env["CLOUDINARY_URL"] == {"name": "CLOUDINARY_URL", "valueFrom": {"secretKeyRef": {
@@ -180,6 +188,17 @@ def test_job_manifest_has_every_field():
     # per-CR overrides clamped to the chart's bounds
     assert c["resources"]["limits"] == {"cpu": "3", "memory": s.transcoder_max_memory}
     assert c["resources"]["requests"]["cpu"] == s.transcoder_cpu_request
+
+
+def test_no_status_report_no_token():
+    """transcode.reportProgress=false: the pod has no API permission, so it gets no token at all."""
+    s = Settings(transcoder_report_progress=False)
+    job = jobs.build_job(_cr(), s)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert [v["name"] for v in pod["volumes"]] == ["scratch"]
+    (c,) = pod["containers"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["scratch"] and "--report-cr" not in c["args"]
 
 
 def test_resource_overrides_are_clamped():

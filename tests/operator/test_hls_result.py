@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lectern_operator import reconcile
+from lectern_operator import jobs, reconcile
 from lectern_operator.settings import Settings
 
 HLS = "https://res.cloudinary.com/d/raw/upload/v2/lectern/lectures/l1/abc-hls/master.m3u8"
@@ -51,20 +51,33 @@ def test_hls_result_only_https(report, term, urls, refused):
     assert got == urls and len(why) == refused
 
 
-@pytest.mark.parametrize("spec,default,report,events", [
-    ({}, True, {**V, "hlsUrl": HLS, "posterUrl": POSTER}, []),
-    ({}, True, V, ["HlsMissing"]),                                      # asked for (default) and not delivered
-    ({"outputs": [{"type": "hls"}]}, False, V, ["HlsMissing"]),         # asked for by the CR
-    ({"outputs": [{"type": "mp4"}]}, True, V, []),                      # opted out: nothing to say
-    ({}, False, V, []),                                                 # HLS off: exactly as before
-    ({}, True, {**V, "hlsUrl": "http://plain/master.m3u8"}, ["HlsRefused", "HlsMissing"]),
+# What the operator told this transcode's Job to write (jobs.output_target / hls_target).
+RAW = "https://res.cloudinary.com/d/video/upload/r.mov"
+PID = jobs.output_target(Settings(), "l1", RAW).split(":", 1)[1]
+OWN_HLS = f"https://res.cloudinary.com/d/raw/upload/v2/{PID}-hls/master.m3u8"
+OWN_POSTER = f"https://res.cloudinary.com/d/image/upload/v2/{PID}-hls/poster.jpg"
+OWN = {"videoUrl": f"https://res.cloudinary.com/d/video/upload/v2/{PID}.mp4"}
+
+
+@pytest.mark.parametrize("spec,default,report,urls,events", [
+    ({}, True, {**OWN, "hlsUrl": OWN_HLS, "posterUrl": OWN_POSTER}, {"hlsUrl": OWN_HLS, "posterUrl": OWN_POSTER}, []),
+    ({}, True, OWN, {}, ["HlsMissing"]),                                       # asked for (default), not delivered
+    ({"outputs": [{"type": "hls"}]}, False, OWN, {}, ["HlsMissing"]),         # asked for by the CR
+    ({"outputs": [{"type": "mp4"}]}, True, OWN, {}, []),                      # opted out: nothing to say
+    ({}, False, OWN, {}, []),                                                 # HLS off: exactly as before
+    ({}, True, {**OWN, "hlsUrl": "http://plain/master.m3u8"}, {}, ["HlsRefused", "HlsMissing"]),
+    # https, but another lecture's ladder or another cloud's: not this transcode's upload (issue 12)
+    ({}, True, {**OWN, "hlsUrl": HLS, "posterUrl": OWN_POSTER}, {"posterUrl": OWN_POSTER}, ["HlsRefused", "HlsMissing"]),
+    ({}, True, {**OWN, "hlsUrl": OWN_HLS.replace("/d/", "/evil/"), "posterUrl": OWN_POSTER.replace("/d/", "/evil/")},
+     {}, ["HlsRefused", "HlsRefused", "HlsMissing"]),
+    ({}, True, {**OWN, "hlsUrl": f"https://res.cloudinary.com/d/raw/fetch/https://evil.example/{PID}-hls/master.m3u8"},
+     {}, ["HlsRefused", "HlsMissing"]),
 ])
-def test_hls_outputs_for_the_status(monkeypatch, spec, default, report, events):
+def test_hls_outputs_for_the_status(monkeypatch, spec, default, report, urls, events):
     sent = []
     monkeypatch.setattr(reconcile.kopf, "event", lambda body, **kw: sent.append(kw["reason"]))
-    r = reconcile.Reconciler(Settings(hls_default=default), lambda: None, None, None)
+    r = reconcile.Reconciler(Settings(hls_default=default, cloudinary_cloud_name="d"), lambda: None, None, None)
     body = {"metadata": {"name": "vt", "namespace": "n"},
-            "spec": {"lectureId": "l1", "instructorId": "u1", "rawVideoUrl": "https://res.cloudinary.com/r.mov", **spec}}
-    urls = r.hls_outputs(body, report, {})
-    assert urls == {k: v for k, v in report.items() if k != "videoUrl" and reconcile.https_url(v)}
+            "spec": {"lectureId": "l1", "instructorId": "u1", "rawVideoUrl": RAW, **spec}}
+    assert r.hls_outputs(body, report, {}) == urls
     assert sent == events

@@ -13,11 +13,9 @@ import time
 import pytest
 import redis
 
-from tests.operator.conftest import (LONG, RAW, ROOT, lecture, make_cr, never, phase_is, reasons, release,
-                                     status_of, wait_until)
+from tests.operator.conftest import (LONG, RAW, ROOT, lecture, make_cr, never, own_video_url, phase_is, reasons,
+                                     release, status_of, wait_until)
 from tests.standins.services import MongoServer
-
-OUT = "https://res.cloudinary.com/demo/video/upload/out-{}.mp4"
 
 
 def _phases(kube, names: list[str]) -> dict[str, str | None]:
@@ -50,12 +48,12 @@ async def test_cap_and_success_flow(kube, operator, plan, lectures, notification
     assert notifications.of(lid, "VIDEO_PROGRESS")[-1]["progress"] == 40
     assert status_of(kube, queued)["phase"] == "Queued" and len(kube.list("jobs")) == 2
     seen_running = time.monotonic()
-    await release(kube, plan, first, lid, videoUrl=OUT.format(lid), cpuSeconds=7.25)
+    await release(kube, plan, first, lid, videoUrl=own_video_url(lid), cpuSeconds=7.25)
     done = await kube.await_for("vt", first, predicate=phase_is("Succeeded", "Failed"), timeout=40)
     seen_done = time.monotonic()
     st = done["status"]
     assert st["phase"] == "Succeeded", st
-    assert st["videoUrl"] == OUT.format(lid) and st["progress"] == 100 and st["message"] == "ready"
+    assert st["videoUrl"] == own_video_url(lid) and st["progress"] == 100 and st["message"] == "ready"
     assert st["cost"]["cpuSeconds"] == 7.25 and st["cost"]["bytesUploaded"] == 1_000_000 and st["cost"]["speed"] == 4.0
     # Wall time from start to completion: at least what this test saw running, at most the whole test.
     assert seen_done - seen_running - 1 <= st["cost"]["wallSeconds"] <= seen_done - created + 1, \
@@ -66,13 +64,13 @@ async def test_cap_and_success_flow(kube, operator, plan, lectures, notification
     assert nxt["status"]["startedAt"] >= st["completedAt"]  # never more than the cap
     await wait_until(lambda: len(kube.list("jobs")) == 3, what="its Job")
     await wait_until(lambda: lectures.find_one({"_id": lid})["status"] == "READY", what="lecture READY")
-    assert lectures.find_one({"_id": lid})["videoUrl"] == OUT.format(lid)
+    assert lectures.find_one({"_id": lid})["videoUrl"] == own_video_url(lid)
     await wait_until(lambda: notifications.of(lid, "VIDEO_READY"), what="ready notification")
     kinds = [m["type"] for m in notifications.of(lid)]
     assert kinds[0] == "VIDEO_PROCESSING" and kinds[-1] == "VIDEO_READY" and kinds.count("VIDEO_READY") == 1
     ready = notifications.of(lid, "VIDEO_READY")[0]
     assert ready == {"userId": "inst-1", "type": "VIDEO_READY", "message": ready["message"], "lectureId": lid,
-                     "videoUrl": OUT.format(lid), "progress": 100}
+                     "videoUrl": own_video_url(lid), "progress": 100}
     for r in ("Queued", "Started", "LectureUpdated", "Succeeded", "Notified"):
         await wait_until(lambda: r in reasons(kube, first), what=f"{r} event")
     assert "kopf" not in st  # kopf's bookkeeping lives in annotations, not in status
@@ -190,7 +188,7 @@ async def test_mongo_down_then_up(kube, operator_factory, plan, notifications, t
         await kube.await_for("vt", "vt-mdown", predicate=phase_is("Running"), timeout=20)
         await wait_until(lambda: coll.find_one({"_id": "mdown"})["status"] == "PROCESSING", what="PROCESSING")
         await asyncio.to_thread(mongo.stop)
-        await release(kube, plan, "vt-mdown", "mdown", videoUrl=OUT.format("mdown"))
+        await release(kube, plan, "vt-mdown", "mdown", videoUrl=own_video_url("mdown"))
         vt = await kube.await_for("vt", "vt-mdown", predicate=lambda o: ((o.get("status") or {}).get("lecture") or {}).get("pending") == "READY",
                                   timeout=40)
         assert vt["status"]["phase"] == "Succeeded"
@@ -204,7 +202,7 @@ async def test_mongo_down_then_up(kube, operator_factory, plan, notifications, t
         cond = {c["type"]: c for c in vt["status"]["conditions"]}["LectureSynced"]
         assert cond["status"] == "True"
         doc = coll.find_one({"_id": "mdown"})
-        assert doc["status"] == "READY" and doc["videoUrl"] == OUT.format("mdown")
+        assert doc["status"] == "READY" and doc["videoUrl"] == own_video_url("mdown")
         await wait_until(lambda: notifications.of("mdown", "VIDEO_READY"), what="ready after Mongo is back")
         assert len(notifications.of("mdown", "VIDEO_READY")) == 1
     finally:

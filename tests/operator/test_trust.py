@@ -63,7 +63,10 @@ def test_local_emulator_escape():
 @pytest.mark.parametrize("raw, clean", [
     ("moov atom not found", "moov atom not found"),
     ("a\nb\r\nc\td", "a b c d"),
-    ("\x1b[31mred\x1b[0m", "[31mred [0m"),
+    ("\x1b[31mred\x1b[0m", "red"),
+    ("\x1b[1;38;5;196mError\x1b[0m while decoding\r\n", "Error while decoding"),
+    ("\x1b]8;;https://evil.example\x07click\x1b]8;;\x07 here", "click here"),
+    ("\x9b2Jcleared", "cleared"),
     ("nul\x00byte", "nul byte"),
     ("bidi \u202egnp.exe\u202c", "bidi gnp.exe"),
     ("zero\u200bwidth", "zero width"),

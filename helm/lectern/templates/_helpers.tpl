@@ -129,6 +129,15 @@ app.kubernetes.io/part-of: lectern
 {{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretKey }}{{- else -}}REDIS_URL{{- end -}}
 {{- end -}}
 
+{{/* The Cloudinary cloud reported URLs must belong to: cloudinary.cloudName, else the cloud of the development url. */}}
+{{- define "lectern.cloudinary.cloudName" -}}
+{{- if .Values.cloudinary.cloudName -}}
+{{- .Values.cloudinary.cloudName -}}
+{{- else if .Values.cloudinary.url -}}
+{{- (urlParse .Values.cloudinary.url).host -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "lectern.cloudinary.secretName" -}}
 {{- if .Values.cloudinary.existingSecret -}}
 {{- .Values.cloudinary.existingSecret -}}
@@ -192,4 +201,28 @@ imagePullSecrets:
   - name: {{ . }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The API server the transcode pods may reach, as JSON {cidrs, ports}: networkPolicy.apiServer.cidrs,
+     else the endpoints of the `kubernetes` Service looked up at install (EndpointSlice default/kubernetes;
+     `helm template` has none: then no rule, and NOTES says so). */}}
+{{- define "lectern.networkPolicy.apiServer" -}}
+{{- $cfg := .Values.networkPolicy.apiServer -}}
+{{- $cidrs := list -}}
+{{- $ports := list -}}
+{{- range $cfg.ports }}{{ $ports = append $ports (int .) }}{{ end -}}
+{{- if $cfg.cidrs -}}
+{{- $cidrs = $cfg.cidrs -}}
+{{- else -}}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" -}}
+{{- range (($slice).endpoints | default list) -}}
+{{- range .addresses -}}
+{{- $cidrs = append $cidrs (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) -}}
+{{- end -}}
+{{- end -}}
+{{- range (($slice).ports | default list) -}}
+{{- if not (has (int .port) $ports) }}{{ $ports = append $ports (int .port) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "cidrs" (uniq $cidrs) "ports" $ports | toJson -}}
 {{- end -}}
