@@ -29,7 +29,7 @@ import pytest
 
 from tests.cluster_fixtures import RESTRICTED, ChartIdentity
 from tests.kube_client import KubeClient
-from tests.standins.services import RedisServer, free_port, wait_until  # noqa: F401 (used by the intake tests)
+from tests.standins.services import RedisServer, free_port, spawn, wait_until  # noqa: F401 (used by the intake tests)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "node"
@@ -50,8 +50,8 @@ class _Lines:
 
     def __init__(self, argv: list[str], cwd: pathlib.Path, log: pathlib.Path):
         self.log = open(log, "w")
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1)
+        self.proc = spawn(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=self.log, text=True, bufsize=1)
         self.lines: "queue_mod.Queue[dict]" = queue_mod.Queue()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -184,8 +184,8 @@ class IntakeProcess:
         self.log_path = workdir / f"intake-{n}.log"
         self._log = open(self.log_path, "w")
         # The console script, not `python -m` from the repo root (operator/ would shadow the stdlib).
-        self.proc = subprocess.Popen([str(INTAKE_BIN)], cwd=workdir, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = spawn([str(INTAKE_BIN)], cwd=workdir, env=env,
+                          stdout=self._log, stderr=subprocess.STDOUT)
 
     def _get(self, port: int, path: str) -> tuple[int, str]:
         try:

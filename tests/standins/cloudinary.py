@@ -1293,8 +1293,9 @@ class CloudinaryProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), cwd=self.root, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            from tests.standins.services import spawn
+            self.proc = spawn(self.argv(), cwd=self.root, stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=subprocess.STDOUT)
         from tests.standins.services import wait_ready_file
         try:
             self.info = wait_ready_file(self.proc, self.ready_file, self.ready_timeout, "the Cloudinary emulator",

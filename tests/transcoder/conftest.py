@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lectern_transcoder import profile, sample
+from tests.standins.services import die_with_parent
 
 CLI = str(Path(sys.executable).with_name("lectern-transcode"))
 
@@ -95,7 +96,8 @@ def run_cli(tmp_path, scratch):
         term = tmp_path / "termination-log"
         term.unlink(missing_ok=True)
         full_env = {**os.environ, "TMPDIR": str(scratch), "LECTERN_TERMINATION_LOG": str(term), **(env or {})}
-        done = subprocess.run([CLI, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+        done = subprocess.run([CLI, *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+                              preexec_fn=die_with_parent)
         events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         termination = json.loads(term.read_text()) if term.exists() else None
         assert list(scratch.iterdir()) == [], "temporary files left behind"

@@ -16,6 +16,8 @@ import pytest
 from lectern_transcoder import upload as upload_mod
 from lectern_transcoder.errors import Transient
 
+from tests.standins.services import spawn
+
 from .conftest import CLI, assert_streamable, compliant_input
 
 
@@ -167,8 +169,8 @@ def test_sigterm_during_upload(emu, compliant, cli_env, tmp_path, scratch):
     # clean up and exit 143 even though the SDK call is blocked on a slow server.
     emu.set_latency(10, route="upload")
     env = {**os.environ, **cli_env, "TMPDIR": str(scratch), "LECTERN_TERMINATION_LOG": str(tmp_path / "term")}
-    proc = subprocess.Popen([CLI, emu.delivery_url("raw/lec2"), "cloudinary:lectures/lec1/slow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn([CLI, emu.delivery_url("raw/lec2"), "cloudinary:lectures/lec1/slow"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
             if json.loads(line).get("stage") == "uploading":

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests.standins.services import spawn
+
 from .conftest import CLI
 
 
@@ -104,8 +106,8 @@ def test_sigterm_mid_encode_cleans_up(long_input, tmp_path, scratch):
     out = tmp_path / "out.mp4"
     term = tmp_path / "termination-log"
     env = {**os.environ, "TMPDIR": str(scratch), "LECTERN_TERMINATION_LOG": str(term)}
-    proc = subprocess.Popen([CLI, str(long_input), str(out), "--threads", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn([CLI, str(long_input), str(out), "--threads", "1"], stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
             if json.loads(line).get("stage") == "encoding":

@@ -23,6 +23,8 @@ import pytest
 from lectern_transcoder import encode, hls, profile
 from lectern_transcoder.probe import parse
 
+from tests.standins.services import spawn
+
 from .conftest import CLI, assert_streamable, compliant_input, ffprobe, streams
 
 SEG = profile.HLS_SEGMENT_SECONDS
@@ -269,8 +271,8 @@ def test_sigterm_during_the_ladder_cleans_up(media, tmp_path, scratch):
     src = media("ladder-long.mp4", duration=30, size="1280x720", fps=30, video_codec="mpeg4", extra=["-q:v", "6"])
     term = tmp_path / "termination-log"
     env = {**os.environ, "TMPDIR": str(scratch), "LECTERN_TERMINATION_LOG": str(term)}
-    proc = subprocess.Popen([CLI, str(src), str(tmp_path / "out.mp4"), "--hls", str(tmp_path / "hls"),
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn([CLI, str(src), str(tmp_path / "out.mp4"), "--hls", str(tmp_path / "hls"),
+                  "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
             if json.loads(line).get("stage") == "encoding":

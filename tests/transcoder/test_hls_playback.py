@@ -27,6 +27,7 @@ import pytest
 
 from lectern_transcoder import sample
 from tests.standins.cloudinary import CloudinaryEmulator
+from tests.standins.services import spawn
 from tests.standins.tls import make_test_certs
 
 from .conftest import CLI
@@ -61,10 +62,10 @@ class Chromium:
             os.dup2(high[0], 3)  # dup2's copies are inheritable: they survive the exec
             os.dup2(high[1], 4)
 
-        self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", *extra_flags,
-                                      "about:blank"], preexec_fn=fds, close_fds=False,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(user_data_dir / "chromium.log", "wb"))
+        self.proc = spawn([binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", *extra_flags,
+                           "about:blank"], preexec_fn=fds, close_fds=False,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=open(user_data_dir / "chromium.log", "wb"))
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._id = 0
