@@ -298,6 +298,9 @@ def test_newer_upload_wins_over_a_running_older_one(stack, long_clip, lecture_cl
 @pytest.mark.timeout(360)
 def test_twenty_jobs_at_once_with_a_cap_of_two(stack, small_clip, request):
     row = MATRIX.row(f"20 jobs at once, cap {stack.max_concurrent}", request)
+    # An earlier test's pod may still be terminating (a superseded transcode's CR is deleted and
+    # its slot freed at once; its pod stops on its own time): it is not one of these twenty.
+    wait_until(lambda: not stack.recorder.running, 60, 0.2, "no transcode pod left running by an earlier test")
     stack.recorder.reset_peak()
     lectures = [str(ObjectId()) for _ in range(20)]
     raws = [stack.upload_raw(small_clip, lid) for lid in lectures]
