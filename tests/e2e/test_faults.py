@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from bson import ObjectId
 from tests.e2e.invariants import MATRIX, Invariants, Upload
 from tests.e2e.stack import LectureWatch, LocalStack
 from tests.e2e.test_pipeline import INSTRUCTOR, api_uploads
-from tests.standins.services import wait_until
+from tests.standins.services import ConnectionTrap, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -222,36 +220,9 @@ def test_unusable_input_fails_fast_once(stack, tmp_path, request):
     row.done(f"FAILED at once (exit 65, 1 pod, no BullMQ retry): {reason[:40]}...", Invariants(stack, [up]).all())
 
 
-class Trap:
-    """A TLS-less listener on loopback that counts the connections made to it: the host of an
-    SSRF URL, so "no request was made" is something a test can see fail."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port, self.connections = self.sock.getsockname()[1], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture
 def trap():
-    t = Trap()
+    t = ConnectionTrap()
     yield t
     t.close()
 

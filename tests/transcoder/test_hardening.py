@@ -17,10 +17,8 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ import pytest
 from lectern_transcoder import ffsafe, profile
 from lectern_transcoder.errors import UnusableInput
 from lectern_transcoder.probe import probe
+from tests.standins.services import ConnectionTrap
 from tests.transcoder.conftest import CLI, compliant_input
 
 IN_OPEN, IN_ACCESS = 0x20, 0x01
@@ -53,38 +52,9 @@ class OpenWatch:
         os.close(self.fd)
 
 
-class Listener:
-    """A TCP listener on 127.0.0.1 that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture
 def listener():
-    lst = Listener()
+    lst = ConnectionTrap()
     yield lst
     lst.close()
 
