@@ -18,6 +18,7 @@ import kopf
 
 from lectern_operator import jobs, metrics, notify
 from lectern_operator.api import v1alpha1 as api
+from lectern_operator.cache import OwnedCache, key_of as cache_key
 from lectern_operator.kube import Kube, KubeError
 from lectern_operator.lectures import FAILED, PROCESSING, READY, LectureUnavailable, Lectures, Outcome
 from lectern_operator.settings import Settings
@@ -187,6 +188,7 @@ class Reconciler:
         self._kube_getter = kube_getter
         self.lectures = lectures
         self.notifier = notifier
+        self.cache: OwnedCache | None = None  # None: read the Job and pods directly (no watches)
 
     @property
     def kube(self) -> Kube:
@@ -197,11 +199,27 @@ class Reconciler:
     async def ensure_job(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         manifest = jobs.build_job(body, self.settings)
         ns = manifest["metadata"]["namespace"]
-        return await self.kube.create(Kube.jobs_path(ns), manifest)
+        job, created = await self.kube.create(Kube.jobs_path(ns), manifest)
+        if self.cache is not None:
+            self.cache.put_job(job)
+        return job, created
+
+    async def read_job(self, namespace: str, name: str, job_name: str) -> dict[str, Any] | None:
+        """The transcode's Job: from the watch cache (a direct read only to prime it once)."""
+        if self.cache is None:
+            return await self.kube.get(Kube.jobs_path(namespace, job_name))
+        key = cache_key(namespace, name)
+        await self.cache.prime(key)
+        return self.cache.job(key, job_name)
 
     async def pods_of(self, namespace: str, name: str, job_name: str) -> list[dict[str, Any]]:
-        pods = await self.kube.list(Kube.pods_path(namespace),
-                                    label_selector=f"{api.LABEL_TRANSCODE}={api.label_value(name)}")
+        if self.cache is None:
+            pods = await self.kube.list(Kube.pods_path(namespace),
+                                        label_selector=f"{api.LABEL_TRANSCODE}={api.label_value(name)}")
+        else:
+            key = cache_key(namespace, name)
+            await self.cache.prime(key)
+            pods = self.cache.pods_of(key)
         out = []
         for p in pods:
             meta = p.get("metadata") or {}
@@ -222,7 +240,7 @@ class Reconciler:
         if status.get("jobName") != job_name:
             patch["jobName"] = job_name
 
-        job = await self.kube.get(Kube.jobs_path(ns, job_name))
+        job = await self.read_job(ns, name, job_name)
         if job is None:
             try:
                 job, created = await self.ensure_job(body)
