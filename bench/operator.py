@@ -1,6 +1,20 @@
 """Operator benchmark on the real control plane: N VideoTranscodes created at once, cap C.
 
-    cd /work/main && .venv/bin/python bench/operator.py [--count 2000] [--cap 100] [--work 6] [--write]
+    .venv/bin/python bench/operator.py [--count 1000,2500,5000] [--cap 100] [--work 6] [--retention 30] [--write]
+
+`--count` is one size or a comma-separated sweep (each size on a fresh cluster, in one run, so
+the sizes are measured side by side). Prints ONE JSON object on stdout (one size: its figures;
+a sweep: `{"runs": [...], time_per_transcode_spread, ...}`; a size that went badly stays in
+`runs` with its error), the tables on stderr; records the sweep in bench/results.json
+(`record("operator", ...)`) and, with --write, rewrites bench/OPERATOR_RESULTS.md.
+
+Steady state, before each size's creates: `cap` transcodes whose pods run and change nothing
+(Running, one report, no more) for `--steady-seconds`; the operator's API requests in that
+window are counted from the API server's audit log (a policy logging only the operator's
+ServiceAccount user, Metadata level, one line per request) -> requests per running transcode
+per minute. Finished VideoTranscodes are deleted `--retention` seconds after they finished
+(`operator.retentionSeconds` rendered into the chart's environment), so a run also shows that
+history does not weigh on the operator.
 
 What runs, each its own process:
 - a LocalCluster (hack/cluster.py) without the node agent: etcd, kube-apiserver,
@@ -96,7 +110,7 @@ NS = "lectern-bench"
 STEADY = "st"  # lecture ids of the steady-state phase's transcodes (st00000...)
 NODE = "lectern-node"
 OUT = HERE / "out" / "operator.json"
-DEFAULT_SWEEP = "1000,2500,5000"
+DEFAULT_SWEEP = "500,1000,2000"
 RESULTS = HERE / "OPERATOR_RESULTS.md"
 
 
@@ -1190,7 +1204,7 @@ def main() -> int:
     ap.add_argument("--work", type=float, default=6.0, help="seconds each transcode 'runs' (reports spread over it)")
     ap.add_argument("--retention", type=float, default=30.0,
                     help="operator.retentionSeconds for the run: finished VTs are deleted this long after they finished")
-    ap.add_argument("--steady-seconds", type=float, default=60.0,
+    ap.add_argument("--steady-seconds", type=float, default=30.0,
                     help="the steady-state window (cap transcodes held Running); 0 skips it")
     ap.add_argument("--kcm-qps", type=int, default=200,
                     help="kube-controller-manager --kube-api-qps (its controllers' client rate limit)")

@@ -442,6 +442,10 @@ def build_registry(settings: Settings | None = None, services: Services | None =
             assert svc.reconciler is not None
             await svc.reconciler.notify_progress(body, {**dict(flight.body.get("status") or status), "progress": value},
                                                  flight, logger)
+        # Any change of the CR (a report, a write of ours) gets a pass: the report's progress,
+        # message and cost reach the status now (the intake relays status.progress). A pass
+        # that finds nothing to change writes nothing.
+        svc.kick(key_of(namespace, name))
 
     @kopf.on.event(*RESOURCE, id="landed", registry=reg,
                    when=lambda status, **_: (status or {}).get("phase") in api.FINAL_PHASES and not needs_timer(status))

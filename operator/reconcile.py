@@ -588,6 +588,8 @@ class Reconciler:
         """A CR deleted before it finished: stop its Job now; a Lecture this transcode moved
         to PROCESSING becomes FAILED "transcode cancelled" (raw URL kept as the fallback)."""
         meta, status = body["metadata"], dict(body.get("status") or {})
+        if status.get("phase") in api.FINAL_PHASES:
+            return  # its Job has finished: the garbage collector removes it with the CR (ownerReferences)
         ns = meta.get("namespace", "default")
         job_name = status.get("jobName") or jobs.job_name(meta["name"], meta.get("uid"))
         try:
@@ -595,8 +597,6 @@ class Reconciler:
                 kopf.event(body, type="Normal", reason="Cancelled", message=f"Job {job_name} deleted with its pods")
         except KubeError as exc:
             logger.warning("could not delete Job %s: %s", job_name, exc)
-        if status.get("phase") in api.FINAL_PHASES:
-            return
         lecture = status.get("lecture") or {}
         if status.get("phase") != "Running" or lecture.get("superseded"):
             return  # queued: never touched the Lecture, leave it as it was
