@@ -52,6 +52,9 @@ RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 log = logging.getLogger("lectern.operator")
 
 
+LANDED_MEMORY_SECONDS = 600.0
+
+
 def _rv(body: Any) -> int:
     try:
         return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
@@ -75,6 +78,8 @@ class Flight:
     failures: int = 0
     kopf_seen: float = field(default_factory=time.monotonic)
 
+    wake: Any = None  # wake(delay): run a pass again after `delay` s (a throttled progress notification)
+
     def offer(self, body: Any) -> None:
         if body is not None and (self.body is None or _rv(body) >= _rv(self.body)):
             self.body = dict(body)
@@ -95,6 +100,11 @@ class Services:
         self._tasks: set[asyncio.Task] = set()
         self.cache: OwnedCache | None = None
         self.flights: dict[Key, Flight] = {}
+        # Transcodes that landed (final and done) -> (resourceVersion of that state, when): a
+        # late watch event with an older body must not start a new flight (a pass on it would
+        # finish the transcode a second time). Kept LANDED_MEMORY_SECONDS: bounded by the
+        # throughput, not the history.
+        self.landed: dict[Key, tuple[int, float]] = {}
         # kopf.event() needs kopf's event queue, found through context variables that kopf sets
         # in its per-object tasks: a reconcile started by a Job/pod event runs in a copy of the
         # context of the last kopf handler that ran.
@@ -134,20 +144,34 @@ class Services:
         self._ctx = contextvars.copy_context()
         key = key_of(namespace, name)
         f = self.flights.get(key)
+        gone = self.landed.get(key)
+        if f is None and gone is not None and body is not None and _rv(body) <= gone[0]:
+            return Flight(namespace, name)  # a stale event of a landed transcode: nothing to do
         if f is None or f.name != name:
             f = self.flights[key] = Flight(namespace, name)
+            f.wake = lambda delay, key=key: asyncio.get_running_loop().call_later(delay, self.kick, key)
             assert self.cache is not None
             self.cache.track(key)
         f.kopf_seen = time.monotonic()
         f.offer(body)
         return f
 
-    def land(self, namespace: str, name: str) -> None:
+    def land(self, namespace: str, name: str, body: Any = None) -> None:
         """Final and done (or deleted): drop it from memory and from the cache."""
         key = key_of(namespace, name)
-        f = self.flights.pop(key, None)
-        if f is not None and f.task is not None and f.task is not asyncio.current_task():
-            f.task.cancel()
+        t = time.monotonic()
+        f = self.flights.get(key)
+        rv = max(_rv(body), _rv(f.body if f is not None else None))
+        self.landed[key] = (max(rv, self.landed.get(key, (0, 0.0))[0]), t)
+        while self.landed:
+            first = next(iter(self.landed))
+            if t - self.landed[first][1] < LANDED_MEMORY_SECONDS:
+                break
+            del self.landed[first]
+        # A pass in progress is not cancelled: it may be the one that wrote the final status
+        # and is about to run admission (kopf can deliver the watch event of that write before
+        # the PATCH's own response). It ends by itself: its flight is no longer registered.
+        self.flights.pop(key, None)
         if self.cache is not None:
             self.cache.forget(key)
 
@@ -218,7 +242,7 @@ class Services:
             self.admission.override(f.namespace, f.name, new_phase)
             await self.admit(self._index)
         if not needs_timer((written or {}).get("status")) and (written or {}).get("status", {}).get("phase") in api.FINAL_PHASES:
-            self.land(f.namespace, f.name)
+            self.land(f.namespace, f.name, written)
 
     _index: Any = None  # the kopf index of the queue, once a handler has seen it
 
@@ -248,6 +272,11 @@ class Services:
             return
         if started:
             log.info("admitted %s", ", ".join(e.name for e in started))
+        counts = self.admission.last_counts
+        if counts.get("Queued") and counts.get("Running", 0) < self.settings.max_concurrent:
+            # A slot stayed free while something waits (a 409, a failed start): again later.
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.create_task(self._admit_later(index))
 
     async def _admit_later(self, index: Any) -> None:
         await asyncio.sleep(self.settings.admit_interval_seconds)
@@ -411,20 +440,19 @@ def build_registry(settings: Settings | None = None, services: Services | None =
         await svc.reconcile_now(svc.flight(namespace, name, body))
         await svc.admit(vt_queue, force=False)  # periodic safety net, at most every admit interval
 
-    # Level-triggered admission: while anything waits, every admit interval the queue is
-    # compared with the cap again, whatever happened or was missed (a lost event, a 409, a start
-    # that failed), even when nothing runs whose timer would do it. A kopf timer, not a free task,
-    # so a standby replica paused by peering never admits. Phase-less CRs too: one created while
-    # two peering replicas settled may never get its create handler (kopf's start-up gap); after
-    # an admit interval without a phase, this timer queues it.
+    # Level-triggered admission: a pass runs when a transcode is created, finishes or is deleted,
+    # after a restart, from every Running transcode's resync (at most every admit interval), and
+    # again an admit interval after a pass that left a slot free while something waited (a 409,
+    # a start that failed). Not a timer per Queued CR: kopf keeps the whole body of every object
+    # with a timer, so 1,000 waiting CRs cost ~60 MB that way.
+    # A phase-less CR gets a timer: one created while two peering replicas settled may never get
+    # its create handler (kopf's start-up gap); an admit interval later, this queues it.
     @kopf.timer(*RESOURCE, id="admit-waiting", interval=s.admit_interval_seconds, registry=reg,
                 initial_delay=s.admit_interval_seconds,
-                when=lambda status, **_: (status or {}).get("phase") in ("Queued", None))
+                when=lambda status, **_: not (status or {}).get("phase"))
     async def admit_waiting(body: kopf.Body, status: kopf.Status, vt_queue: kopf.Index, **_: Any) -> None:
         if not status.get("phase") and not body.get("metadata", {}).get("deletionTimestamp"):
             await queue_new(body, vt_queue)
-            return
-        await svc.admit(vt_queue, force=False)
 
     @kopf.on.event(*RESOURCE, id="progress", registry=reg,
                    when=lambda status, **_: needs_timer(status))
@@ -449,10 +477,12 @@ def build_registry(settings: Settings | None = None, services: Services | None =
 
     @kopf.on.event(*RESOURCE, id="landed", registry=reg,
                    when=lambda status, **_: (status or {}).get("phase") in api.FINAL_PHASES and not needs_timer(status))
-    async def landed(name: str, namespace: str, **_: Any) -> None:
-        """Final and done: nothing of it stays in the operator's memory (index, flights, cache)."""
+    async def landed(body: kopf.Body, name: str, namespace: str, vt_queue: kopf.Index, **_: Any) -> None:
+        """Final and done: nothing of it stays in the operator's memory (index, flights, cache);
+        its slot is free (admission; coalesced with the one its final write started)."""
         if key_of(namespace, name) in svc.flights:
-            svc.land(namespace, name)
+            svc.land(namespace, name, body)
+            await svc.admit(vt_queue)
 
     # History that does not weigh: a finished transcode (Lecture written, final notification
     # sent) is deleted after the retention period; its Job and pods go with it (ownerReferences).
@@ -481,7 +511,7 @@ def build_registry(settings: Settings | None = None, services: Services | None =
         assert svc.reconciler is not None
         final = (body.get("status") or {}).get("phase") in api.FINAL_PHASES
         await svc.reconciler.cancel(body, logger)
-        svc.land(namespace, name)
+        svc.land(namespace, name, body)
         if not final:  # a finished one held no slot
             svc.admission.override(namespace, name, "Deleted")
             await svc.admit(vt_queue)

@@ -569,7 +569,15 @@ class Reconciler:
         last_value = getattr(memo, "last_progress", None)
         last_time = getattr(memo, "last_progress_time", 0.0)
         t = now().timestamp()
-        if progress == last_value or t - last_time < self.settings.progress_notify_interval_seconds:
+        if progress == last_value:
+            return
+        wait = self.settings.progress_notify_interval_seconds - (t - last_time)
+        if wait > 0:
+            # Throttled, not dropped: the newest value goes out when the interval is over
+            # (a report that arrives within it would otherwise never be notified).
+            wake = getattr(memo, "wake", None)
+            if wake is not None:
+                wake(wait)
             return
         # Claimed before the await: the progress event handler and the timer can both get here
         # for the same CR, and only one of them may publish this value.
