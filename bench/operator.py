@@ -1196,6 +1196,21 @@ def run_one(args, count: int) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def summarize(runs: list[dict], planned: int) -> tuple[list[dict], dict, dict]:
+    flats = [flat(f) if "error" not in f else f for f in runs]
+    ok_runs = [r for r in flats if "error" not in r]
+    per = [r["seconds_per_transcode"] for r in ok_runs]
+    summary = {
+        "time_per_transcode_spread": round(max(per) / min(per) - 1, 3) if len(per) > 1 and min(per) > 0 else None,
+        "peak_rss_max_mb": max((r["operator_peak_rss_mb"] for r in ok_runs), default=None),
+        "lag_p95_max_s": max((r["lag_p95_s"] or 0 for r in ok_runs), default=None),
+        "api_requests_per_running_per_min_max": max((r["api_requests_per_running_per_min"] or 0 for r in ok_runs), default=None),
+        "duplicate_final_notifications": sum(r["duplicate_final_notifications"] for r in ok_runs),
+    }
+    out = flats[0] if planned == 1 and flats else {"runs": flats, **summary}
+    return flats, summary, out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", default=DEFAULT_SWEEP,
@@ -1204,7 +1219,7 @@ def main() -> int:
     ap.add_argument("--work", type=float, default=6.0, help="seconds each transcode 'runs' (reports spread over it)")
     ap.add_argument("--retention", type=float, default=30.0,
                     help="operator.retentionSeconds for the run: finished VTs are deleted this long after they finished")
-    ap.add_argument("--steady-seconds", type=float, default=30.0,
+    ap.add_argument("--steady-seconds", type=float, default=20.0,
                     help="the steady-state window (cap transcodes held Running); 0 skips it")
     ap.add_argument("--kcm-qps", type=int, default=200,
                     help="kube-controller-manager --kube-api-qps (its controllers' client rate limit)")
@@ -1218,31 +1233,26 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop every server on kill
 
     runs: list[dict] = []
-    for count in counts:
+    for i, count in enumerate(counts):
         try:
             runs.append(run_one(args, count))
         except Exception as exc:  # noqa: BLE001 - a size that went badly stays in the output
             say(f"[{count}] failed: {type(exc).__name__}: {exc}")
             runs.append({"count": count, "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
-    flats = [flat(f) if "error" not in f else f for f in runs]
+        # Recorded after every size (the section says which sizes it holds): a sweep cut short
+        # keeps what it measured.
+        flats, summary, out = summarize(runs, len(counts))
+        OUT.parent.mkdir(exist_ok=True)
+        OUT.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "result": out,
+                                   "details": runs}, indent=2, default=str) + "\n")
+        say(f"wrote {OUT.relative_to(ROOT)}")
+        if not args.no_record:
+            from bench.results import record
+            record("operator", {"runs": flats, **summary, "sizes_planned": counts, "cap": args.cap,
+                                "work_seconds": args.work, "retention_seconds": args.retention,
+                                "steady_seconds": args.steady_seconds, "kcm_qps": args.kcm_qps})
+    flats, summary, out = summarize(runs, len(counts))
     ok_runs = [r for r in flats if "error" not in r]
-    per = [r["seconds_per_transcode"] for r in ok_runs]
-    summary = {
-        "time_per_transcode_spread": round(max(per) / min(per) - 1, 3) if len(per) > 1 and min(per) > 0 else None,
-        "peak_rss_max_mb": max((r["operator_peak_rss_mb"] for r in ok_runs), default=None),
-        "lag_p95_max_s": max((r["lag_p95_s"] or 0 for r in ok_runs), default=None),
-        "api_requests_per_running_per_min_max": max((r["api_requests_per_running_per_min"] or 0 for r in ok_runs), default=None),
-        "duplicate_final_notifications": sum(r["duplicate_final_notifications"] for r in ok_runs),
-    }
-    out = flats[0] if len(flats) == 1 else {"runs": flats, **summary}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "result": out,
-                               "details": runs}, indent=2, default=str) + "\n")
-    say(f"wrote {OUT.relative_to(ROOT)}")
-    if not args.no_record:
-        from bench.results import record
-        record("operator", {"runs": flats, **summary, "cap": args.cap, "work_seconds": args.work,
-                            "retention_seconds": args.retention, "steady_seconds": args.steady_seconds})
     if args.write and ok_runs:
         write_md([f for f in runs if "error" not in f], flats, summary, command)
         say(f"wrote {RESULTS.relative_to(ROOT)}")
