@@ -1,6 +1,6 @@
 """Operator benchmark on the real control plane: N VideoTranscodes created at once, cap C.
 
-    .venv/bin/python bench/operator.py [--count 1000,2500,5000] [--cap 100] [--work 6] [--retention 30] [--write]
+    .venv/bin/python bench/operator.py [--count 500,1000,2000] [--cap 100] [--work 6] [--retention 30] [--write]
 
 `--count` is one size or a comma-separated sweep (each size on a fresh cluster, in one run, so
 the sizes are measured side by side). Prints ONE JSON object on stdout (one size: its figures;
