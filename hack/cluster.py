@@ -126,7 +126,8 @@ def grant_traverse(paths: list[Path], say=print) -> None:
 class LocalCluster:
     def __init__(self, workdir: str | os.PathLike | None = None, *, node: bool = True, node_name: str = NODE_NAME,
                  fast_failure: bool = True, max_grace: float = 10.0, quiet: bool = True,
-                 apiserver_args: list[str] | None = None, images: dict[str, dict] | None = None) -> None:
+                 apiserver_args: list[str] | None = None, images: dict[str, dict] | None = None,
+                 controller_manager_args: list[str] | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lectern-cluster-"))
         self.node_enabled = node
@@ -134,7 +135,8 @@ class LocalCluster:
         self.fast_failure = fast_failure
         self.max_grace = max_grace
         self.quiet = quiet
-        self.extra_apiserver_args = list(apiserver_args or [])
+        self.extra_apiserver_args = list(apiserver_args or [])  # e.g. the benchmark's audit log
+        self.extra_controller_manager_args = list(controller_manager_args or [])  # e.g. client QPS
         self.extra_images = dict(images or {})  # image repository -> entrypoint/cmd/env, besides ours
         self.procs: dict[str, Proc] = {}
         self.bin: dict[str, Path] = {}
@@ -379,7 +381,7 @@ class LocalCluster:
             f"--service-account-private-key-file={p.sa_key}", f"--root-ca-file={p.ca.cert}",
             f"--cluster-signing-cert-file={p.ca.cert}", f"--cluster-signing-key-file={p.ca.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--leader-elect=false", "--profiling=false", "--v=0", *grace,
+            "--leader-elect=false", "--profiling=false", "--v=0", *grace, *self.extra_controller_manager_args,
         ])
 
     def _start_scheduler(self) -> None:

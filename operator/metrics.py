@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-TRANSCODES = Gauge("lectern_transcodes", "VideoTranscodes known to the operator, by phase", ["phase"])
+TRANSCODES = Gauge("lectern_transcodes", "VideoTranscodes in flight, by phase (Running, Queued, Pending)", ["phase"])
 QUEUE_LENGTH = Gauge("lectern_queue_length", "VideoTranscodes waiting for a slot (phase Queued)")
 RUNNING = Gauge("lectern_running_transcodes", "VideoTranscodes holding a slot (phase Running)")
 FINISHED = Counter("lectern_transcodes_finished_total", "Transcodes that reached a final phase", ["phase"])
@@ -20,6 +20,8 @@ LECTURE_WRITE_ERRORS = Counter("lectern_lecture_write_errors_total", "Lecture wr
 NOTIFICATIONS = Counter("lectern_notifications_total", "Notifications published", ["type"])
 ENCODE_SPEED = Histogram("lectern_encode_speed_ratio", "Encode speed of finished transcodes (x realtime)",
                          buckets=(0.25, 0.5, 1, 2, 4, 8, 16, float("inf")))
+EXPIRED = Counter("lectern_transcodes_expired_total", "Finished VideoTranscodes deleted after the retention period")
+IN_FLIGHT = Gauge("lectern_transcodes_tracked", "Transcodes whose Job and pods the operator keeps in its watch cache")
 CPU_SECONDS = Counter("lectern_transcode_cpu_seconds_total", "CPU seconds reported by finished transcodes")
 
 

@@ -1,8 +1,10 @@
 """The concurrency cap: at most `max_concurrent` VideoTranscodes in phase Running.
 
-The queue is *derived from the cluster*, never held only in memory: a kopf index of all
-VideoTranscodes (filled from the API server's list+watch before any handler runs) gives each
-one's phase, priority and creation time. Admission counts the Running ones and starts the
+The queue is *derived from the cluster*, never held only in memory: a kopf index of the
+VideoTranscodes in flight (filled from the API server's list+watch before any handler runs),
+keyed by phase (`Running`, `Queued`, `Pending` = not yet validated), gives each one's
+priority and creation time. A finished transcode is in no key: a pass costs O(running +
+waiting), whatever the history. Admission counts the Running ones and starts the
 best Queued ones: higher `spec.priority` first, then first come, first served
 (creationTimestamp, then the operator's `status.queuedAt`, then name). After an operator
 restart the index is rebuilt from the cluster, so the cap and the order survive it.
@@ -58,6 +60,28 @@ def entry_from_body(body: Any) -> Entry:
                  queued_at=str(status.get("queuedAt") or ""))
 
 
+IN_FLIGHT = ("Running", "Queued", "Pending")
+
+
+def index_entry(body: Any) -> dict[str, Entry]:
+    """The kopf index value of one VideoTranscode: {phase: entry} while in flight, {} once
+    final (an empty mapping, not None: kopf keeps an object's old value when the indexing
+    function returns None; with {} it drops it)."""
+    e = entry_from_body(body)
+    phase = e.phase or "Pending"
+    return {phase: e} if phase in IN_FLIGHT else {}
+
+
+def in_flight(index: Any) -> list[Entry]:
+    """Every indexed entry (Running, Queued, Pending); `index` is the kopf index, or a plain
+    mapping of the same shape, or already a list of entries."""
+    if index is None:
+        return []
+    if hasattr(index, "get"):
+        return [e for phase in IN_FLIGHT for e in index.get(phase, ())]
+    return list(index)
+
+
 StartFn = Callable[[Entry], Awaitable[bool]]
 
 
@@ -69,7 +93,7 @@ class Admission:
         self._overrides: dict[tuple[str, str], tuple[str, float, str]] = {}
         self._last_run = 0.0
         self._pending = False
-        self._source: Iterable[Entry] = ()
+        self._source: Any = ()
         self.last_counts: dict[str, int] = {}
 
     def override(self, namespace: str, name: str, phase: str, queued_at: str = "") -> None:
@@ -102,7 +126,7 @@ class Admission:
         """Whether an unforced (periodic) run is due: none for an admit interval."""
         return time.monotonic() - self._last_run >= self.settings.admit_interval_seconds
 
-    async def admit(self, entries: Iterable[Entry], *, force: bool = True) -> list[Entry]:
+    async def admit(self, entries: Any, *, force: bool = True) -> list[Entry]:
         """Start as many waiting transcodes as there are free slots; returns those started.
 
         Requests coalesce: while a pass runs, further requests only mark it to run once more
@@ -118,14 +142,16 @@ class Admission:
         async with self._lock:
             while self._pending:
                 self._pending = False
-                started += await self._pass(list(self._source))
+                started += await self._pass(in_flight(self._source))
         return started
 
     async def _pass(self, entries: list[Entry]) -> list[Entry]:
         self._last_run = time.monotonic()
         view = self._view(entries)
-        counts: dict[str, int] = {p: 0 for p in (*api.PHASES, "Pending")}
+        counts: dict[str, int] = {p: 0 for p in IN_FLIGHT}
         for e in view:
+            if e.phase in api.FINAL_PHASES or e.phase == "Deleted":
+                continue  # an override: it just finished or went away
             counts[e.phase or "Pending"] = counts.get(e.phase or "Pending", 0) + 1
         running = counts["Running"]
         waiting = sorted((e for e in view if e.phase in WAITING), key=Entry.order)

@@ -18,6 +18,7 @@ import kopf
 
 from lectern_operator import jobs, metrics, notify, trust
 from lectern_operator.api import v1alpha1 as api
+from lectern_operator.cache import OwnedCache, key_of as cache_key
 from lectern_operator.kube import Kube, KubeError
 from lectern_operator.lectures import FAILED, PROCESSING, READY, LectureUnavailable, Lectures, Outcome
 from lectern_operator.settings import Settings
@@ -190,6 +191,7 @@ class Reconciler:
         self._kube_getter = kube_getter
         self.lectures = lectures
         self.notifier = notifier
+        self.cache: OwnedCache | None = None  # None: read the Job and pods directly (no watches)
 
     @property
     def kube(self) -> Kube:
@@ -200,11 +202,27 @@ class Reconciler:
     async def ensure_job(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         manifest = jobs.build_job(body, self.settings)
         ns = manifest["metadata"]["namespace"]
-        return await self.kube.create(Kube.jobs_path(ns), manifest)
+        job, created = await self.kube.create(Kube.jobs_path(ns), manifest)
+        if self.cache is not None:
+            self.cache.put_job(job)
+        return job, created
+
+    async def read_job(self, namespace: str, name: str, job_name: str) -> dict[str, Any] | None:
+        """The transcode's Job: from the watch cache (a direct read only to prime it once)."""
+        if self.cache is None:
+            return await self.kube.get(Kube.jobs_path(namespace, job_name))
+        key = cache_key(namespace, name)
+        await self.cache.prime(key)
+        return self.cache.job(key, job_name)
 
     async def pods_of(self, namespace: str, name: str, job_name: str) -> list[dict[str, Any]]:
-        pods = await self.kube.list(Kube.pods_path(namespace),
-                                    label_selector=f"{api.LABEL_TRANSCODE}={api.label_value(name)}")
+        if self.cache is None:
+            pods = await self.kube.list(Kube.pods_path(namespace),
+                                        label_selector=f"{api.LABEL_TRANSCODE}={api.label_value(name)}")
+        else:
+            key = cache_key(namespace, name)
+            await self.cache.prime(key)
+            pods = self.cache.pods_of(key)
         out = []
         for p in pods:
             meta = p.get("metadata") or {}
@@ -225,7 +243,7 @@ class Reconciler:
         if status.get("jobName") != job_name:
             patch["jobName"] = job_name
 
-        job = await self.kube.get(Kube.jobs_path(ns, job_name))
+        job = await self.read_job(ns, name, job_name)
         if job is None:
             try:
                 job, created = await self.ensure_job(body)
@@ -591,7 +609,15 @@ class Reconciler:
         last_value = getattr(memo, "last_progress", None)
         last_time = getattr(memo, "last_progress_time", 0.0)
         t = now().timestamp()
-        if progress == last_value or t - last_time < self.settings.progress_notify_interval_seconds:
+        if progress == last_value:
+            return
+        wait = self.settings.progress_notify_interval_seconds - (t - last_time)
+        if wait > 0:
+            # Throttled, not dropped: the newest value goes out when the interval is over
+            # (a report that arrives within it would otherwise never be notified).
+            wake = getattr(memo, "wake", None)
+            if wake is not None:
+                wake(wait)
             return
         # Claimed before the await: the progress event handler and the timer can both get here
         # for the same CR, and only one of them may publish this value.
@@ -610,6 +636,8 @@ class Reconciler:
         """A CR deleted before it finished: stop its Job now; a Lecture this transcode moved
         to PROCESSING becomes FAILED "transcode cancelled" (raw URL kept as the fallback)."""
         meta, status = body["metadata"], dict(body.get("status") or {})
+        if status.get("phase") in api.FINAL_PHASES:
+            return  # its Job has finished: the garbage collector removes it with the CR (ownerReferences)
         ns = meta.get("namespace", "default")
         job_name = status.get("jobName") or jobs.job_name(meta["name"], meta.get("uid"))
         try:
@@ -617,8 +645,6 @@ class Reconciler:
                 kopf.event(body, type="Normal", reason="Cancelled", message=f"Job {job_name} deleted with its pods")
         except KubeError as exc:
             logger.warning("could not delete Job %s: %s", job_name, exc)
-        if status.get("phase") in api.FINAL_PHASES:
-            return
         lecture = status.get("lecture") or {}
         if status.get("phase") != "Running" or lecture.get("superseded"):
             return  # queued: never touched the Lecture, leave it as it was

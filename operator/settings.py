@@ -39,15 +39,22 @@ class Settings(BaseSettings):
     # A transcode whose pod cannot start (unschedulable, image pull, missing Secret) this long
     # fails with the reason, instead of holding a slot until the Job's deadline.
     start_timeout_seconds: Annotated[float, Field(gt=0)] = 600
-    # How often a running transcode is reconciled from its Job, pods and report (also bounds
-    # the report -> notification lag), and how often queued ones re-check for a free slot.
-    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # A transcode is reconciled at once when its Job, a pod or its report changes (watches);
+    # this is the slow safety resync on top (level-triggered repair of a missed event, the
+    # stall and start-timeout clocks). It reads the watch cache, not the API server.
+    # `admit_interval_seconds`: how often queued ones re-check for a free slot.
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
     admit_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
     progress_notify_interval_seconds: Annotated[float, Field(ge=0)] = 1.0
     # Lecture writes: pymongo timeouts, and the backoff of a pending write while Mongo is down.
     mongo_timeout_ms: Annotated[int, Field(ge=50)] = 3000
     lecture_retry_initial_seconds: Annotated[float, Field(gt=0)] = 2.0
     lecture_retry_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # A finished VideoTranscode (Lecture written, final notification sent) is deleted this long
+    # after it finished, with its Job and pods (ownerReferences); checked every
+    # `retention_check_seconds` (default: a quarter of the retention, at most an hour).
+    retention_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600
+    retention_check_seconds: Annotated[float | None, Field(gt=0)] = None
     # The Redis key that makes the final notification exactly-once lives this long.
     notified_key_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
 
@@ -129,6 +136,11 @@ class Settings(BaseSettings):
     # LECTERN_TEST_INSECURE_LOOPBACK, the tests' escape for the local Cloudinary emulator (the
     # same variable the transcoder and the intake read, in the test images only; never in the chart).
     test_insecure_loopback: Annotated[frozenset[tuple[str, int]], NoDecode] = frozenset()
+
+    def retention_check_interval(self) -> float:
+        if self.retention_check_seconds:
+            return self.retention_check_seconds
+        return max(1.0, min(3600.0, self.retention_seconds / 4))
 
     _split_csv = field_validator("namespaces", "allowed_hosts", "transcoder_image_pull_secrets", mode="before")(_csv)
 

@@ -134,7 +134,7 @@ def test_pod_security_defaults(render, scenario):
 # --- RBAC least privilege ---------------------------------------------------------------------
 
 OPERATOR_NEEDS = {  # (apiGroup, resource): verbs the operator must have in every watched namespace
-    ("media.lectern.dev", "videotranscodes"): {"get", "list", "watch", "patch", "update"},
+    ("media.lectern.dev", "videotranscodes"): {"get", "list", "watch", "patch", "update", "delete"},
     ("media.lectern.dev", "videotranscodes/status"): {"get", "patch", "update"},
     ("media.lectern.dev", "videotranscodes/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
@@ -275,6 +275,7 @@ def test_every_setting_is_set_by_the_chart(render):
         "LECTERN_PEERING_NAME",  # only set with more than one replica (else LECTERN_STANDALONE=true)
         "LECTERN_PEERING_PRIORITY",  # each replica draws a random one unless pinned (equal priorities freeze kopf)
         "LECTERN_TEST_INSECURE_LOOPBACK",  # the tests' emulator escape, in test images only, never in the chart
+        "LECTERN_RETENTION_CHECK_SECONDS",  # derived from the retention (a quarter of it, at most an hour) unless pinned
     }
     fields = {f"LECTERN_{name.upper()}" for name in settings_class().model_fields}
     plain, refs = container_env(render("defaults"), "-operator")

@@ -70,7 +70,8 @@ def test_helm_install_grants_each_service_account_exactly_its_part(installed, ku
 
     # The operator: Jobs, their pods (the watchdog deletes), its CRs and their status; no Secret.
     for verb, resource, sub in (("create", "jobs.batch", None), ("delete", "jobs.batch", None),
-                                ("watch", "jobs.batch", None), ("delete", "pods", None), ("list", "pods", None),
+                                ("watch", "jobs.batch", None), ("list", "jobs.batch", None), ("delete", "pods", None),
+                                ("list", "pods", None), ("watch", "pods", None), ("delete", "videotranscodes", None),
                                 ("watch", "videotranscodes", None), ("patch", "videotranscodes", "status"),
                                 ("update", "videotranscodes", "finalizers"), ("create", "events", None)):
         assert can_i(kubectl, sa["operator"], verb, resource, sub), (verb, resource, sub)
