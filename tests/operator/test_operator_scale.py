@@ -13,9 +13,8 @@ import asyncio
 
 from lectern_operator.queue import Admission, entry_from_body, in_flight, index_entry
 from lectern_operator.settings import Settings
-from tests.operator.conftest import LONG, lecture, make_cr, phase_is, status_of, wait_until
+from tests.operator.conftest import LONG, lecture, make_cr, own_video_url, phase_is, status_of, wait_until
 
-OUT = "https://res.cloudinary.com/demo/video/upload/out-{}.mp4"
 SLOW = 600  # resync / admit interval: longer than any test here runs
 
 
@@ -23,14 +22,14 @@ async def test_watch_driven_with_timers_out_of_the_way(kube, operator_factory, p
     await operator_factory(max_concurrent=1, reconcile_interval_seconds=SLOW, admit_interval_seconds=SLOW)
     for i in range(2):
         lecture(lectures, f"w{i}")
-        plan(f"w{i}", progress=[30, 60], interval=0.5, videoUrl=OUT.format(f"w{i}"))
+        plan(f"w{i}", progress=[30, 60], interval=0.5, videoUrl=own_video_url(f"w{i}"))
         kube.create(make_cr(f"vt-w{i}", f"w{i}"))
     for i in range(2):
         # The Job finishing (a watch event) moves the CR on; its final status frees the slot
         # for the next one at once (admission on finish), with the admit timer 10 minutes away.
         done = await kube.await_for("vt", f"vt-w{i}", predicate=phase_is("Succeeded", "Failed"), timeout=90)
         assert done["status"]["phase"] == "Succeeded", done["status"]
-        assert done["status"]["videoUrl"] == OUT.format(f"w{i}")
+        assert done["status"]["videoUrl"] == own_video_url(f"w{i}")
         await wait_until(lambda: notifications.of(f"w{i}", "VIDEO_READY"), what="ready notification")
         assert [m["progress"] for m in notifications.of(f"w{i}", "VIDEO_PROGRESS")][-1] == 60
         assert lectures.find_one({"_id": f"w{i}"})["status"] == "READY"
@@ -44,7 +43,7 @@ async def test_finished_transcodes_expire_with_their_jobs(kube, operator_factory
     await operator_factory(retention_seconds=3, retention_check_seconds=1)
     lecture(lectures, "old")
     lecture(lectures, "busy")
-    plan("old", videoUrl=OUT.format("old"))
+    plan("old", videoUrl=own_video_url("old"))
     plan("busy", progress=[10], hang=LONG)
     kube.create(make_cr("vt-busy", "busy"))
     kube.create(make_cr("vt-old", "old"))
