@@ -51,6 +51,10 @@ AUDIO_CODEC = "aac"
 AUDIO_BITRATE_KBPS = 48
 AUDIO_CHANNELS = 1
 AUDIO_SAMPLE_RATE = 48000
+# Music-only tracks (loudness.py tells them from speech) keep up to two channels, at this rate
+# when stereo, and their level: they are not the lecture's voice.
+AUDIO_MUSIC_CHANNELS = 2
+AUDIO_MUSIC_BITRATE_KBPS = 64
 
 # Remux instead of re-encode when the input already is H.264 8-bit 4:2:0 within the size
 # limits, AAC audio, and its video bitrate is no more than this (else it is re-encoded to
