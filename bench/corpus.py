@@ -250,6 +250,14 @@ def build(clip: Clip, duration: float) -> Path:
         return out
     CORPUS_DIR.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.mp4")
+    longer = sorted((p for p in CORPUS_DIR.glob(f"{clip.name}-*s.mp4")
+                     if p.stem[len(clip.name) + 1:-1].replace(".", "").isdigit()
+                     and float(p.stem[len(clip.name) + 1:-1]) > duration), key=lambda p: p.stat().st_size)
+    if longer:  # the start of a longer clip, stream-copied: no second generation
+        subprocess.run([*FFMPEG, "-i", str(longer[0]), "-t", f"{duration:g}", "-map", "0", "-c", "copy", str(tmp)],
+                       check=True)
+        tmp.rename(out)
+        return out
     print(f"corpus: generating {out.name} ...", file=sys.stderr, flush=True)
     try:
         if clip.real:

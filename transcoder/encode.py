@@ -63,6 +63,7 @@ class Plan:
     parallel_audio: bool
     gop: int
     why_encode: tuple[str, ...]  # why the video is not copied (empty when it is)
+    content: str = profile.DEFAULT_CONTENT  # analyse.py's class: which CONTENT_SETTINGS apply
 
     @property
     def mode(self) -> str:
@@ -98,11 +99,16 @@ def video_issues(p: Probe, max_height: int) -> list[str]:
     rate = p.video_bit_rate
     if rate is None or rate > profile.REMUX_MAX_VIDEO_KBPS * 1000:
         issues.append(f"bitrate {rate and rate // 1000} kbit/s")
+    elif v.fps and rate / (v.width * v.height * v.fps) > profile.REMUX_MAX_BITS_PER_PIXEL:
+        issues.append(f"bitrate {rate // 1000} kbit/s ({rate / (v.width * v.height * v.fps):.2f} bits per pixel)")
     return issues
 
 
 def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
-         parallel_audio: bool = profile.PARALLEL_AUDIO) -> Plan:
+         parallel_audio: bool = profile.PARALLEL_AUDIO, content: str = profile.DEFAULT_CONTENT) -> Plan:
+    """What to do with the input; `content` is analyse.py's class of the source (its x264
+    settings: profile.CONTENT_SETTINGS)."""
+    settings = profile.CONTENT_SETTINGS[content]
     dw, dh = p.video.display_size
     width, height = target_size(dw, dh, max_height)
     issues = video_issues(p, max_height)
@@ -113,8 +119,8 @@ def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
     # The audio is measured (loudness.py) before it is copied or encoded, so it always has its
     # own job beside the video (also on the remux path: a copy of the video, then a mux).
     return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,
-                threads=max(1, threads), gop=max(1, round(fps * profile.GOP_SECONDS)),
-                parallel_audio=audio is not None, why_encode=tuple(issues))
+                threads=max(1, threads), gop=max(1, round(fps * settings["gop_seconds"])),
+                parallel_audio=audio is not None, why_encode=tuple(issues), content=content)
 
 
 _COMMON = ["-nostdin", "-hide_banner", "-loglevel", "error"]
@@ -145,11 +151,12 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
     filters = []
     if (pl.width, pl.height) != v.display_size or (v.width, v.height) != v.display_size or v.width % 2 or v.height % 2:
         filters.append(f"scale={pl.width}:{pl.height}")
-    filters += ["setsar=1", f"format={profile.PIX_FMT}"]
-    tune = ["-tune", profile.X264_TUNE] if profile.X264_TUNE else []
+    settings = profile.CONTENT_SETTINGS[pl.content]
+    filters += [*settings["filters"], "setsar=1", f"format={profile.PIX_FMT}"]
+    tune = ["-tune", settings["tune"]] if settings["tune"] else []
     return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),
             "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, *tune,
-            "-x264-params", profile.X264_PARAMS, "-crf", str(profile.X264_CRF),
+            "-x264-params", profile.X264_PARAMS, "-crf", str(settings["crf"]),
             "-profile:v", profile.X264_PROFILE, "-pix_fmt", profile.PIX_FMT,
             "-maxrate", f"{profile.MAXRATE_KBPS}k", "-bufsize", f"{profile.BUFSIZE_KBPS}k",
             "-g", str(pl.gop), "-threads", str(pl.threads)]
