@@ -128,7 +128,8 @@ _PROGRESS = ["-progress", "pipe:1", "-stats_period", "0.5", "-nostats"]
 _STRIP = ["-map_metadata", "-1", "-map_chapters", "-1", "-sn", "-dn"]
 
 
-def _audio_codec_args(a: AudioStream, copy: bool, measured: loudness.Measurement | None = None) -> list[str]:
+def _audio_codec_args(a: AudioStream, copy: bool, measured: loudness.Measurement | None = None,
+                      headroom_db: float = 0.0) -> list[str]:
     """Copy, or AAC: speech mono at AUDIO_BITRATE_KBPS (normalised when `measured` says so),
     music in up to AUDIO_MUSIC_CHANNELS at AUDIO_MUSIC_BITRATE_KBPS, its level untouched."""
     if copy:
@@ -136,7 +137,7 @@ def _audio_codec_args(a: AudioStream, copy: bool, measured: loudness.Measurement
     music = measured is not None and measured.kind == "music"
     channels = max(1, min(a.channels, profile.AUDIO_MUSIC_CHANNELS if music else profile.AUDIO_CHANNELS))
     kbps = profile.AUDIO_MUSIC_BITRATE_KBPS if music and channels > 1 else profile.AUDIO_BITRATE_KBPS
-    chain = loudness.filters(measured) if measured is not None else []
+    chain = loudness.filters(measured, headroom_db) if measured is not None else []
     args = (["-af", ",".join(chain)] if chain else []) + ["-c:a", profile.AUDIO_CODEC, "-b:a", f"{kbps}k",
                                                            "-ac", str(channels)]
     if chain or a.sample_rate not in (44100, 48000):
@@ -195,10 +196,17 @@ def argv_measure(audio: AudioStream, p: Probe, src: Path, ffmpeg: str = "ffmpeg"
 
 
 def argv_audio(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg",
-               measured: loudness.Measurement | None = None, copy: bool = False) -> list[str]:
+               measured: loudness.Measurement | None = None, copy: bool = False, headroom_db: float = 0.0) -> list[str]:
     assert pl.audio is not None
     return [ffmpeg, *_COMMON, *source_args(p, src), "-map", f"0:{pl.audio.index}", "-vn", "-sn", "-dn",
-            *_audio_codec_args(pl.audio, copy, measured), "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
+            *_audio_codec_args(pl.audio, copy, measured, headroom_db), "-map_metadata", "-1", "-f", "mp4", "-y",
+            str(dst)]
+
+
+def argv_true_peak(path: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    """The true peak of an audio file this program wrote (ebur128 summary on stderr)."""
+    return [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", *own_input(path),
+            "-map", "0:a:0", "-af", loudness.true_peak_filters(), "-f", "null", "-"]
 
 
 def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
@@ -354,8 +362,19 @@ def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processe
             measured = measure_audio(procs, audio, p, src, workdir)
             copy = pl.copy_audio and not measured.normalise
             log = workdir / "audio.log"
-            wait_for(procs, procs.start(argv_audio(pl, p, src, audio_out, measured=measured, copy=copy), log),
-                     log, src, "ffmpeg (audio)")
+            headroom = 0.0
+            for attempt in range(loudness.PEAK_RETRIES + 1):
+                wait_for(procs, procs.start(argv_audio(pl, p, src, audio_out, measured=measured, copy=copy,
+                                                       headroom_db=headroom), log), log, src, "ffmpeg (audio)")
+                if not measured.normalise or attempt == loudness.PEAK_RETRIES:
+                    break
+                # AAC can push peaks over the limiter's ceiling: check, and lower it by the excess
+                peak_log = workdir / "peak.log"
+                wait_for(procs, procs.start(argv_true_peak(audio_out), peak_log), peak_log, src, "ffmpeg (peak)")
+                excess = loudness.parse_true_peak(peak_log.read_text("utf-8", "replace")) - loudness.MAX_TRUE_PEAK_DBTP
+                if excess <= 0:
+                    break
+                headroom += excess + 0.2
             return AudioOutcome(measured, copy)
 
         job = AudioJob(audio_work)

@@ -11,9 +11,11 @@ Two passes, both in the parallel audio job (`encode.run`), so the video never wa
 1. `measure()`: one ffmpeg reads the audio only, down-mixed to mono and high-passed exactly
    as the output will be, through `ebur128` (integrated loudness, loudness range, true peak,
    and the momentary loudness every 100 ms).
-2. `filters()`: `loudnorm` given those measurements (two-pass mode): a plain gain when the
-   gain keeps the true peak under the ceiling ("linear"), else its dynamic mode with a
-   true-peak limiter (quiet speech with sharp peaks, clipped speech).
+2. `filters()`: the gain that puts the measured integrated loudness on the target (exact, a
+   plain `volume`), then a limiter for the peaks that gain pushes over the ceiling (quiet
+   speech with sharp consonants), run at 192 kHz so that it sees the true (inter-sample)
+   peaks, not only the 48 kHz samples. (`loudnorm`'s two-pass mode was tried first: its
+   dynamic fallback let true peaks through up to 0.0 dBTP on quiet speech after AAC.)
 
 What is speech is decided from the same measurement, simply: speech pauses. Between phrases
 the momentary loudness drops far below the integrated level (>= SPEECH_MIN_PAUSE_SHARE of the
@@ -31,21 +33,25 @@ from pathlib import Path
 
 from lectern_transcoder import profile
 
-# The targets (profile values live here because only this module uses them).
+# The targets (they live here because only this module uses them).
 TARGET_LUFS = -16.0
 TOLERANCE_LU = 1.0
 MAX_TRUE_PEAK_DBTP = -1.5
-# loudnorm's allowed loudness range: wide enough that speech (5-15 LU) stays linear.
-TARGET_LRA = 20.0
 HIGHPASS_HZ = 80
+# Two 2-pole sections (24 dB/octave): 50 Hz mains hum drops by ~16 dB, 100 Hz barely.
+HIGHPASS_SECTIONS = 2
+UPSAMPLED_RATE = 192000
 # Below this integrated loudness a track is silence (EBU's absolute gate is -70 LUFS).
 SILENCE_LUFS = -60.0
 # A window counts as a pause when its momentary loudness is this far under the integrated level.
 PAUSE_BELOW_LU = 10.0
 SPEECH_MIN_PAUSE_SHARE = 0.04
-# loudnorm's true-peak ceiling sits this far under MAX_TRUE_PEAK_DBTP: AAC at 48 kbit/s
-# reshapes the waveform and its peaks come out up to ~0.6 dB higher (measured: -2.0 -> -1.4).
+# The limiter's ceiling sits this far under MAX_TRUE_PEAK_DBTP: AAC at 48 kbit/s reshapes
+# the waveform and its peaks come out higher, usually by < 1 dB but by 2.2 dB on speech with
+# hum. So the encoded track's true peak is measured, and when it is over the limit the track is
+# encoded once more with the ceiling lowered by the excess (`encode.py`, PEAK_RETRIES).
 TRUE_PEAK_MARGIN_DB = 1.0
+PEAK_RETRIES = 2
 
 _NUMBER = r"(-?\d+(?:\.\d+)?|-inf|inf|nan)"
 
@@ -86,9 +92,14 @@ class Measurement:
                 "lraLu": fin(self.lra), "pauseShare": round(self.pause_share, 3)}
 
 
+def true_peak_filters() -> str:
+    """Measuring an encoded track's true peak (the retry's check)."""
+    return "ebur128=peak=true:framelog=verbose"
+
+
 def speech_chain() -> list[str]:
     """What speech goes through before measuring and before encoding: one channel, no rumble."""
-    return ["aformat=channel_layouts=mono", f"highpass=f={HIGHPASS_HZ}"]
+    return ["aformat=channel_layouts=mono", *[f"highpass=f={HIGHPASS_HZ}"] * HIGHPASS_SECTIONS]
 
 
 def measure_filters() -> str:
@@ -115,16 +126,25 @@ def parse(stderr: str) -> Measurement:
                        pause_share=pauses / len(windows) if windows else 0.0)
 
 
-def filters(m: Measurement) -> list[str]:
-    """The audio filters for a track so measured (empty: leave its level alone)."""
+def parse_true_peak(stderr: str) -> float:
+    """The true peak (dBTP) from an ebur128 summary."""
+    m = re.search(r"Peak:\s+" + _NUMBER + r" dBFS", stderr[stderr.rfind("Summary:"):])
+    if not m:
+        raise ValueError("no true peak in ebur128's summary")
+    return _num(m.group(1))
+
+
+def filters(m: Measurement, headroom_db: float = 0.0) -> list[str]:
+    """The audio filters for a track so measured (empty: leave its level alone); `headroom_db`
+    lowers the limiter's ceiling further (the retry when AAC pushed a peak over, `encode.py`)."""
     if not m.normalise:
         return []
-    target = TARGET_LUFS
-    loudnorm = (f"loudnorm=I={target:g}:TP={MAX_TRUE_PEAK_DBTP - TRUE_PEAK_MARGIN_DB:g}:LRA={TARGET_LRA:g}"
-                f":measured_I={m.integrated:.2f}:measured_TP={max(m.true_peak, -99):.2f}:measured_LRA={m.lra:.2f}"
-                f":measured_thresh={m.threshold:.2f}:linear=true")
-    # loudnorm works at 192 kHz (true-peak detection); back to the output rate.
-    return [*speech_chain(), loudnorm, f"aresample={profile.AUDIO_SAMPLE_RATE}"]
+    gain = TARGET_LUFS - m.integrated
+    ceiling = 10 ** ((MAX_TRUE_PEAK_DBTP - TRUE_PEAK_MARGIN_DB - headroom_db) / 20)
+    # Always limited: the measured true peak is that of the input, not of what AAC makes of
+    # the louder signal; the limiter costs ~nothing where no peak reaches the ceiling.
+    return [*speech_chain(), f"volume={gain:.2f}dB", f"aresample={UPSAMPLED_RATE}",
+            f"alimiter=limit={ceiling:.4f}:level=false:attack=2:release=40", f"aresample={profile.AUDIO_SAMPLE_RATE}"]
 
 
 def log_path(workdir: Path) -> Path:
