@@ -115,7 +115,7 @@ def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
     audio = p.default_audio
     copy_audio = (audio is not None and audio.codec == "aac" and audio.channels <= profile.AUDIO_COPY_MAX_CHANNELS
                   and audio.bit_rate is not None and audio.bit_rate <= profile.AUDIO_COPY_MAX_KBPS * 1000)
-    fps = min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)
+    fps = min(p.video.fps or profile.MAX_FPS, settings["max_fps"])
     # The audio is measured (loudness.py) before it is copied or encoded, so it always has its
     # own job beside the video (also on the remux path: a copy of the video, then a mux).
     return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,
@@ -137,10 +137,11 @@ def _audio_codec_args(a: AudioStream, copy: bool, measured: loudness.Measurement
     music = measured is not None and measured.kind == "music"
     channels = max(1, min(a.channels, profile.AUDIO_MUSIC_CHANNELS if music else profile.AUDIO_CHANNELS))
     kbps = profile.AUDIO_MUSIC_BITRATE_KBPS if music and channels > 1 else profile.AUDIO_BITRATE_KBPS
-    chain = loudness.filters(measured, headroom_db) if measured is not None else []
+    rate = a.sample_rate if a.sample_rate in (44100, 48000) else profile.AUDIO_SAMPLE_RATE
+    chain = loudness.filters(measured, headroom_db, rate) if measured is not None else []
     args = (["-af", ",".join(chain)] if chain else []) + ["-c:a", profile.AUDIO_CODEC, "-b:a", f"{kbps}k",
                                                            "-ac", str(channels)]
-    if chain or a.sample_rate not in (44100, 48000):
+    if a.sample_rate not in (44100, 48000):
         args += ["-ar", str(profile.AUDIO_SAMPLE_RATE)]
     return args
 
@@ -153,6 +154,9 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
     if (pl.width, pl.height) != v.display_size or (v.width, v.height) != v.display_size or v.width % 2 or v.height % 2:
         filters.append(f"scale={pl.width}:{pl.height}")
     settings = profile.CONTENT_SETTINGS[pl.content]
+    if settings["max_fps"] < profile.MAX_FPS and (v.fps or profile.MAX_FPS) > settings["max_fps"]:
+        # drop frames before the scaler, so the dropped ones are never scaled
+        filters.insert(0, f"fps={settings['max_fps']}")
     filters += [*settings["filters"], "setsar=1", f"format={profile.PIX_FMT}"]
     tune = ["-tune", settings["tune"]] if settings["tune"] else []
     return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),

@@ -13,9 +13,10 @@ Two passes, both in the parallel audio job (`encode.run`), so the video never wa
    and the momentary loudness every 100 ms).
 2. `filters()`: the gain that puts the measured integrated loudness on the target (exact, a
    plain `volume`), then a limiter for the peaks that gain pushes over the ceiling (quiet
-   speech with sharp consonants), run at 192 kHz so that it sees the true (inter-sample)
-   peaks, not only the 48 kHz samples. (`loudnorm`'s two-pass mode was tried first: its
-   dynamic fallback let true peaks through up to 0.0 dBTP on quiet speech after AAC.)
+   speech with sharp consonants). The encoded track's true peak is then checked (AAC and
+   inter-sample peaks can exceed a sample-peak limiter) and, if over, the track is encoded
+   again with the ceiling lowered by the excess (`encode.py`). (`loudnorm`'s two-pass mode was
+   tried first: its dynamic fallback let true peaks through up to 0.0 dBTP on quiet speech.)
 
 What is speech is decided from the same measurement, simply: speech pauses. Between phrases
 the momentary loudness drops far below the integrated level (>= SPEECH_MIN_PAUSE_SHARE of the
@@ -40,7 +41,6 @@ MAX_TRUE_PEAK_DBTP = -1.5
 HIGHPASS_HZ = 80
 # Two 2-pole sections (24 dB/octave): 50 Hz mains hum drops by ~16 dB, 100 Hz barely.
 HIGHPASS_SECTIONS = 2
-UPSAMPLED_RATE = 192000
 # Below this integrated loudness a track is silence (EBU's absolute gate is -70 LUFS).
 SILENCE_LUFS = -60.0
 # A window counts as a pause when its momentary loudness is this far under the integrated level.
@@ -134,7 +134,7 @@ def parse_true_peak(stderr: str) -> float:
     return _num(m.group(1))
 
 
-def filters(m: Measurement, headroom_db: float = 0.0) -> list[str]:
+def filters(m: Measurement, headroom_db: float = 0.0, rate: int = profile.AUDIO_SAMPLE_RATE) -> list[str]:
     """The audio filters for a track so measured (empty: leave its level alone); `headroom_db`
     lowers the limiter's ceiling further (the retry when AAC pushed a peak over, `encode.py`)."""
     if not m.normalise:
@@ -143,8 +143,8 @@ def filters(m: Measurement, headroom_db: float = 0.0) -> list[str]:
     ceiling = 10 ** ((MAX_TRUE_PEAK_DBTP - TRUE_PEAK_MARGIN_DB - headroom_db) / 20)
     # Always limited: the measured true peak is that of the input, not of what AAC makes of
     # the louder signal; the limiter costs ~nothing where no peak reaches the ceiling.
-    return [*speech_chain(), f"volume={gain:.2f}dB", f"aresample={UPSAMPLED_RATE}",
-            f"alimiter=limit={ceiling:.4f}:level=false:attack=2:release=40", f"aresample={profile.AUDIO_SAMPLE_RATE}"]
+    return [*speech_chain(), f"volume={gain:.2f}dB", f"alimiter=limit={ceiling:.4f}:level=false:attack=2:release=40",
+            f"aresample={rate}"]
 
 
 def log_path(workdir: Path) -> Path:

@@ -62,15 +62,22 @@ AUDIO_MUSIC_BITRATE_KBPS = 64
 # * static (slides, code, handwriting, screen captures): a keyframe every 20 s instead of 8 s
 #   (slides: 0.59x -> 0.51x the seed's size; code 0.58x -> 0.54x): x264's scene-cut detection
 #   still puts one at every slide change, which is where students seek to, and a P-frame of a
-#   static slide is nearly free. CRF 23: small text on a dark editor lost 0.0031 SSIM at 24.
+#   static slide is nearly free. CRF 25 (at 15 fps, 30 s clips, video alone): slides 327 kB at
+#   CRF 23 -> 163 kB at 25 (the speaker inset's noise stops being coded) for SSIM 0.9935 ->
+#   0.9929 (seed 0.9943); code 165 -> 150 kB, SSIM -0.0013 -> -0.0021 vs the seed.
 # * noisy (laptop camera, phone in a dark hall): hqdn3d after the scaler (on 720p, not on the
 #   1080p source: 2.25x fewer pixels) removes the grain x264 would spend its bits on.
 # * motion (camera footage, animation, anything not clearly the others): the defaults above.
-# Keys: crf, gop_seconds, filters (appended after the scaler), tune (None: none).
+#   At most 15 frames per second: between slide changes nothing moves, so half the frames cost
+#   half the scaling and encoding (the whole CLI was at 1.3x the seed's CPU at 30 fps on a 30 s
+#   slide clip, the video process alone 1.7x) and the eye sees no difference on a still slide;
+#   scrolling code and a moving pointer are a little less smooth: the price of the speed target.
+# Keys: crf, gop_seconds, max_fps, filters (appended after the scaler), tune (None: none).
 CONTENT_SETTINGS: dict[str, dict] = {
-    "static": {"crf": 23, "gop_seconds": 20, "filters": [], "tune": None},
-    "noisy": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "filters": ["hqdn3d=2:2:4:4"], "tune": None},
-    "motion": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "filters": [], "tune": X264_TUNE},
+    "static": {"crf": 25, "gop_seconds": 20, "max_fps": 15, "filters": [], "tune": None},
+    "noisy": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "max_fps": MAX_FPS, "filters": ["hqdn3d=2:2:4:4"],
+              "tune": None},
+    "motion": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "max_fps": MAX_FPS, "filters": [], "tune": X264_TUNE},
 }
 DEFAULT_CONTENT = "motion"
 
