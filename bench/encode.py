@@ -163,6 +163,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated clip names (bench/corpus.py --list)")
     ap.add_argument("--no-vmaf", action="store_true")
     ap.add_argument("--no-720p", action="store_true")
+    ap.add_argument("--section", default="encode", help="bench/results.json section to write (default encode)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     only = [x for x in args.only.split(",") if x] or None
@@ -181,7 +182,7 @@ def main() -> int:
             r720 = compare(clip.name, rendition_720p(src), args.rounds_720p, vmaf_exe, "720p")
             r720["kind"] = clip.kind
             figures["clips_720p"][clip.name] = r720
-        record("encode", figures)
+        record(args.section, figures)
     figures["complete"] = True
     n720 = len(figures["clips_720p"])
     figures["remux_share_720p"] = (round(sum(1 for r in figures["clips_720p"].values() if r["mode"] == "remux") / n720, 3)
@@ -189,7 +190,7 @@ def main() -> int:
     figures["remux_share_source"] = round(sum(1 for r in figures["clips"].values() if r["mode"] == "remux")
                                           / max(1, len(figures["clips"])), 3)
     figures["missed"] = {k: r["missed"] for k, r in figures["clips"].items() if r["missed"]}
-    record("encode", figures)
+    record(args.section, figures)
     table(figures["clips"], f"Source clips ({args.duration:g} s), lectern / seed, median of {args.rounds}")
     if n720:
         table(figures["clips_720p"], f"720p renditions (production input), {args.rounds_720p} round(s)")
