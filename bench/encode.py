@@ -164,7 +164,21 @@ def main() -> int:
     ap.add_argument("--no-vmaf", action="store_true")
     ap.add_argument("--no-720p", action="store_true")
     ap.add_argument("--section", default="encode", help="bench/results.json section to write (default encode)")
+    ap.add_argument("--print", dest="print_sections", default="",
+                    help="measure nothing: print the tables of these comma-separated results.json sections")
     args = ap.parse_args()
+    if args.print_sections:
+        data = json.loads((ROOT / "bench" / "results.json").read_text())
+        for name in args.print_sections.split(","):
+            sec = data[name]
+            f = sec["figures"]
+            print(f"\n# section {name}: {sec['command']} at {sec['measured_at']} (commit {sec['commit']}, load "
+                  f"{sec['machine']['load_average_at_start'][0]} -> {sec['machine']['load_average_at_end'][0]}, "
+                  f"complete: {f['complete']})")
+            table(f["clips"], f"Source clips ({f['duration']:g} s), median of {f['rounds']}")
+            if f.get("clips_720p"):
+                table(f["clips_720p"], "720p renditions (production input)")
+        return 0
     OUT.mkdir(parents=True, exist_ok=True)
     only = [x for x in args.only.split(",") if x] or None
     clips = corpus.corpus(args.duration, only)
