@@ -378,7 +378,7 @@ def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processe
                 excess = loudness.parse_true_peak(peak_log.read_text("utf-8", "replace")) - loudness.MAX_TRUE_PEAK_DBTP
                 if excess <= 0:
                     break
-                headroom += excess + 0.2
+                headroom += excess + 0.5
             return AudioOutcome(measured, copy)
 
         job = AudioJob(audio_work)

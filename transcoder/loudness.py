@@ -50,8 +50,8 @@ SPEECH_MIN_PAUSE_SHARE = 0.04
 # the waveform and its peaks come out higher, usually by < 1 dB but by 2.2 dB on speech with
 # hum. So the encoded track's true peak is measured, and when it is over the limit the track is
 # encoded once more with the ceiling lowered by the excess (`encode.py`, PEAK_RETRIES).
-TRUE_PEAK_MARGIN_DB = 1.0
-PEAK_RETRIES = 2
+TRUE_PEAK_MARGIN_DB = 1.5
+PEAK_RETRIES = 3
 
 _NUMBER = r"(-?\d+(?:\.\d+)?|-inf|inf|nan)"
 
