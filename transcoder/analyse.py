@@ -34,7 +34,7 @@ WINDOW_MAX_SHARE = 0.01
 MIN_WINDOW_SECONDS = 0.3
 TIMEOUT = 120
 # Classes, in the order they are tested (`classify`).
-STATIC_MAX_MOTION = 0.25  # YDIF of the 160x90 copy: slides, code, handwriting stay well under
+STATIC_MAX_MOTION = 0.1  # YDIF of the 160x90 copy: slides, code, handwriting <= 0.043; a talking head 0.17-0.36
 NOISY_MIN_FINE = 1.0  # YDIF at full resolution: clean sources stay under ~0.3
 NOISY_MIN_RATIO = 2.5  # fine change / motion: noise is fine-grained, motion is not
 CLASSES = ("static", "noisy", "motion")
