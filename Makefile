@@ -34,9 +34,12 @@ demo-transcoder: sysdeps $(VENV)
 test: sysdeps $(VENV) $(NODE) binaries
 	.venv/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-# VMAF needs the libvmaf-enabled ffmpeg of the `bench` extra (imageio-ffmpeg).
+# VMAF needs the libvmaf-enabled ffmpeg of the `bench` extra (imageio-ffmpeg). bench/encode.py
+# generates its corpus once (bench/out/corpus/, ~15 min on 2 cores) and then measures every
+# clip against the seed's command (~25-35 min on 2 busy cores; progress printed per run).
 bench: sysdeps $(VENV) $(NODE) binaries
 	$(PIP) install -q -e '.[test,bench]'
+	$(PY) bench/encode.py
 	$(PY) bench/transcode.py
 	$(PY) bench/hls.py
 	$(PY) bench/operator.py

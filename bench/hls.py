@@ -13,6 +13,9 @@ when --runs > 1) and prints, and writes to bench/out/hls.json:
   (with it, the MP4 is the 720p rung's stream: keyframes every 6 s for the segments);
 * SSIM of each rung (and of both MP4s) against the source scaled to that rung's size.
 
+The figures also go to bench/results.json, section "hls" (`bench/results.py`), which the
+README quotes.
+
 The machine is shared and noisy: compare ratios from the same run; CPU seconds are steadier
 than wall seconds."""
 
@@ -125,6 +128,9 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (OUT_DIR / "hls.json").write_text(json.dumps(figures, indent=2) + "\n")
+    from bench.results import record
+
+    record("hls", figures)
     c, w, m = figures["cpu_seconds"], figures["wall_seconds"], figures["mp4"]
     print(f"\n{args.duration:g} s 1080p lecture, load average at start {figures['load_average_at_start']}, "
           f"{args.runs} run(s) each")

