@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.results import record  # noqa: E402
+
 OUT_DIR = ROOT / "bench" / "out"
 BIN = Path(sys.executable).parent
 
@@ -249,6 +253,25 @@ def main() -> None:
               + (f", VMAF {ing['vmaf']:.2f}" if 'vmaf' in ing else "")
               + f", wall {min(ing['wall']):.1f} s (rendition pre-warmed)")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+    def plain(row: dict) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list) else v)
+                for k, v in row.items()}
+    figures = {
+        "clip": {"file": src.name, "seconds": args.duration, "repeat": args.repeat},
+        "seed": plain(s), "lectern": plain(lec),
+        "ratios": {"speed_wall": round(speed, 3), "speed_cpu": round(cpu_speed, 3), "size": round(size, 3),
+                   "ssim_difference": round(dssim, 4)},
+        "remux": {"remux": plain(remux), "full_transcode": plain(full), "speed_up": round(r_speed, 2)},
+    }
+    if not args.skip_ingress:
+        figures["ingress"] = {
+            **plain({k: v for k, v in ing.items() if k != "paths"}), "paths": ing["paths"],
+            "ratio": round(ing["ingress"] / ing["raw"], 4),
+            "rendition_made_by": "the Cloudinary emulator's own ffmpeg encode of w_1280,h_1280,c_limit; "
+                                 "a real Cloudinary rendition may be larger",
+        }
+    record("transcode", figures)
 
 
 if __name__ == "__main__":
