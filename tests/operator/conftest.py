@@ -276,9 +276,11 @@ async def release(kube, plan, name: str, lecture_id: str, **next_plan: Any) -> N
     """End a hanging attempt: the next attempt follows `next_plan` (default: succeed at once),
     and the running pod is evicted (Eviction API: DisruptionTarget, the Job retries it without
     spending its failure budget)."""
-    plan(lecture_id, **next_plan)
     job = status_of(kube, name)["jobName"]
+    # The running pod first: a pod still starting would read the next plan and not hang at all
+    # (the CR is Running, and its Lecture PROCESSING, as soon as the Job exists).
     pod = await wait_until(lambda: running_pod(kube, job), what=f"a running pod of {job}")
+    plan(lecture_id, **next_plan)
     await asyncio.to_thread(kube.evict, pod["metadata"]["name"])
 
 

@@ -47,7 +47,9 @@ def test_only_the_parallel_audio_process_fails(nine_channels, run_cli, tmp_path)
     out = tmp_path / "out.mp4"
     res = run_cli(str(nine_channels), str(out))
     assert res.event("plan")["audio"] == "encode (parallel)"  # the failure is the audio process's own
-    assert_failed(res, 65, "ffmpeg (audio) could not process the input: ", out)
+    # The audio job fails at its first ffmpeg: the loudness measurement (transcoder/loudness.py),
+    # or the audio encode itself when the track is not measured.
+    assert_failed(res, 65, "ffmpeg (loudness) could not process the input: ", out)
     assert res.event("failed")["exitCode"] == 65
 
 
