@@ -107,10 +107,7 @@ def plan_ladder(p: Probe, mp4: encode.Plan) -> LadderPlan:
     if _short(mp4_size) >= profile.HLS_LOW_MIN_SHORT:
         w, h = rung_size(dw, dh, profile.HLS_LOW_SHORT)
         rungs.append(Rung(f"{min(w, h)}p", w, h, "low", False))
-    # The content class's frame-rate cap (profile.CONTENT_SETTINGS: 15 fps for slides, code,
-    # handwriting) holds for every rung, so the ladder costs what the MP4 alone would per frame.
-    cap = profile.CONTENT_SETTINGS[mp4.content]["max_fps"]
-    fps = Fraction(min(p.video.fps or cap, cap)).limit_denominator(1001)
+    fps = Fraction(min(p.video.fps or profile.MAX_FPS, profile.MAX_FPS)).limit_denominator(1001)
     return LadderPlan(rungs=tuple(rungs), fps=fps, gop=mp4.gop, threads=mp4.threads,
                       segment_seconds=profile.HLS_SEGMENT_SECONDS, audio=mp4.audio, copy_audio=mp4.copy_audio)
 

@@ -327,9 +327,8 @@ def run(options: Options, tracker: ProgressTracker, on_plan=None, on_retry=None,
         threads = options.threads or cgroup.thread_count()
         plan = encode.plan(info, threads, options.max_height)
         analysis = None
-        if not plan.copy_video:
-            # With --hls the rungs keep their own x264 settings and take only the class's
-            # frame-rate cap (hls.plan_ladder): a slide deck's ladder at 15 fps, as its MP4.
+        if not plan.copy_video and hls_destination is None:
+            # the ladder keeps one set of settings (its rungs share the MP4's encode)
             analysis = analyse.analyse(info, src)
             plan = encode.plan(info, threads, options.max_height, content=analysis.content)
         if hls_destination is not None:
