@@ -67,9 +67,10 @@ MUTATIONS = [
              (FF + "test_fallback_to_the_next_resolved_address",), "no fallback to the next resolved address"),
     # --- transcoder/encode.py, errors.py, cli.py ---------------------------------------------------
     Mutation("encode-audio-failure-ignored", "transcoder/encode.py",
-             "wait_for(procs, audio_proc, workdir / \"audio.log\", src, \"ffmpeg (audio)\")",
-             "procs.wait(audio_proc)",
-             (EF + "test_only_the_parallel_audio_process_fails",), "the audio process's exit code is not checked"),
+             "wait_for(procs, procs.start(argv_measure(audio, p, src), log), log, src, \"ffmpeg (loudness)\")",
+             "procs.wait(procs.start(argv_measure(audio, p, src), log))",
+             (EF + "test_only_the_parallel_audio_process_fails",),
+             "the audio job's first ffmpeg (the loudness measurement) is not checked"),
     Mutation("encode-enospc-not-transient", "transcoder/encode.py",
              "if \"No space left on device\" in text:", "if False:",
              (EF + "test_mux_onto_a_full_disk_is_transient",), "ENOSPC not recognised"),
